@@ -1,0 +1,65 @@
+# Two commands set everything up on a fresh machine: `make test` and `make run`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := wrk nginx-light iproute2 util-linux prometheus
+
+.PHONY: test run lint typecheck unit integration bench bench-% system-deps venv clean help
+
+help:
+	@echo "make test   - install everything, lint, type-check, run all tests"
+	@echo "make run    - demo: a FastAPI app behind the sidecar on localhost"
+	@echo "make bench  - benchmarks against nginx and plain uvicorn (prints tables)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests and benchmarks use, installed only when missing.
+system-deps:
+	@missing=""; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing="$$missing iproute2"; \
+	command -v unshare >/dev/null || missing="$$missing util-linux"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check sidecar operator tests bench
+	$(BIN)/ruff format --check sidecar operator tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP) system-deps
+	$(BIN)/pytest -q tests/integration
+
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+run: $(STAMP)
+	$(PY) -m asgi_sidecar.demo
+
+bench: $(STAMP) system-deps
+	$(PY) bench/run.py all
+
+bench-%: $(STAMP) system-deps
+	$(PY) bench/run.py $*
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,99 @@
+"""The metrics port: /metrics, /healthz and /readyz, never subject to the traffic limits.
+
+A deliberately small HTTP/1.1 server on asyncio streams: probes and scrapes are
+a handful of requests a second, so clarity beats speed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+log = logging.getLogger("asgi_sidecar.admin")
+
+READ_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+
+
+Readiness = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+class AdminServer:
+    def __init__(self, registry: CollectorRegistry, readiness: Readiness) -> None:
+        self._registry = registry
+        self._readiness = readiness
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def route(self, method: str, path: str) -> Reply:
+        path = path.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return Reply(405, b"method not allowed\n")
+        if path == "/metrics":
+            return Reply(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
+        if path == "/healthz":
+            return Reply(200, b"ok\n")
+        if path == "/readyz":
+            ready, why = await self._readiness()
+            return Reply(200 if ready else 503, (why + "\n").encode())
+        return Reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+                    return
+                request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+                parts = request_line.split()
+                if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+                    writer.write(_encode(Reply(400, b"bad request\n"), keep_alive=False))
+                    return
+                method, path, version = parts
+                keep_alive = version == "HTTP/1.1" and b"connection: close" not in head.lower()
+                reply = await self.route(method, path)
+                writer.write(_encode(reply, keep_alive=keep_alive, head_only=method == "HEAD"))
+                await writer.drain()
+                if not keep_alive:
+                    return
+        except ConnectionError:
+            return
+        except Exception:  # pragma: no cover - the admin port must never die
+            log.exception("admin request failed")
+        finally:
+            writer.close()
+
+
+def _encode(reply: Reply, *, keep_alive: bool, head_only: bool = False) -> bytes:
+    head = (
+        f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}\r\n"
+        f"content-type: {reply.content_type}\r\n"
+        f"content-length: {len(reply.body)}\r\n"
+        f"connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+    ).encode("latin-1")
+    return head if head_only else head + reply.body

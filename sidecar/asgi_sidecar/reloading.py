@@ -1,0 +1,72 @@
+"""Watch the config file and apply changes live.
+
+Kubernetes updates a mounted ConfigMap by swapping a symlink, so the file is
+polled by content rather than watched by inode.  A file that fails to parse or
+validate is logged and counted, and the running settings stay as they were:
+a broken ConfigMap never takes the sidecar down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from asgi_sidecar.configuring import ConfigError, build_settings, parse_config_text
+from asgi_sidecar.settings import SidecarSettings
+
+log = logging.getLogger("asgi_sidecar.reload")
+
+POLL_INTERVAL = 1.0
+
+
+class ConfigWatcher:
+    def __init__(
+        self,
+        path: Path,
+        environ: Mapping[str, str],
+        flags: Mapping[str, Any],
+        apply: Callable[[SidecarSettings], object],
+        count: Callable[[str], None],
+        interval: float = POLL_INTERVAL,
+    ) -> None:
+        self._path = path
+        self._environ = environ
+        self._flags = flags
+        self._apply = apply
+        self._count = count
+        self._interval = interval
+        self._last: bytes | None = self._read()
+
+    def _read(self) -> bytes | None:
+        try:
+            return self._path.read_bytes()
+        except OSError:
+            return None
+
+    def check(self) -> SidecarSettings | None:
+        """Reload if the file changed; returns the applied settings, if any."""
+        content = self._read()
+        if content is None or content == self._last:
+            return None
+        self._last = content
+        try:
+            values = parse_config_text(content.decode("utf-8"), f"config file {self._path}")
+            settings = build_settings(file_values=values, environ=self._environ, flags=self._flags)
+        except (ConfigError, UnicodeDecodeError) as exc:
+            log.error("config reload refused, keeping the running settings:\n%s", exc)
+            self._count("invalid")
+            return None
+        self._apply(settings)
+        self._count("applied")
+        return settings
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                self.check()
+            except Exception:  # pragma: no cover - keep watching whatever happens
+                log.exception("config reload failed")

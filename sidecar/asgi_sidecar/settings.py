@@ -1,0 +1,193 @@
+"""The sidecar's settings: one typed model, the single source of truth.
+
+The operator embeds this model in the AsgiServer CRD and writes it, as JSON or
+YAML, into the file the sidecar reads with ``--config``.  Field names are
+snake_case in Python and on the command line, camelCase in files and in the CRD;
+both spellings are accepted everywhere a file is read.
+
+This module is pure: no I/O, no asyncio.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+
+# Settings that only a restart can change (the sockets are bound at start).
+RESTART_ONLY_FIELDS = frozenset({"upstream", "host", "port", "metrics_host", "metrics_port"})
+
+
+class SidecarSettings(BaseModel):
+    """Keep-alive, concurrency, backlog and timeouts of the sidecar front server."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    upstream: str = Field(
+        default="http://127.0.0.1:8000",
+        description=(
+            "URL of the application inside the Pod (http://host:port). The sidecar forwards"
+            " every request there over pooled keep-alive connections."
+        ),
+    )
+    host: str = Field(default="0.0.0.0", description="Address the public listener binds.")
+    port: int = Field(
+        default=8080, ge=1, le=65535, description="Public port: clients and Services connect here."
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0", description="Address of the metrics and health listener."
+    )
+    metrics_port: int = Field(
+        default=9090,
+        ge=1,
+        le=65535,
+        description="Port serving /metrics, /healthz and /readyz; never subject to limits.",
+    )
+    timeout_keep_alive: Seconds = Field(
+        default=75.0,
+        description=(
+            "Seconds an idle client connection is kept open, including one that never sent a"
+            " byte. Keep it above the idle timeout of whatever reuses connections in front of"
+            " you (AWS ALB 60 s, mobile clients about 75 s), or clients will reuse a connection"
+            " the server is closing and see 502s or 'connection closed' errors."
+        ),
+    )
+    header_timeout: Seconds = Field(
+        default=10.0,
+        description=(
+            "Seconds from a request's first byte until its headers must be complete; slower"
+            " clients (slowloris) get 408 and the connection is closed."
+        ),
+    )
+    limit_concurrency: int | None = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Requests in flight to the application at once (exactly this many). Idle"
+            " keep-alive connections never count. Excess requests wait in the queue or get"
+            " 503 with Retry-After. null means no limit."
+        ),
+    )
+    queue_depth: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Requests that may wait for a free slot when the concurrency limit is reached;"
+            " 0 rejects at once."
+        ),
+    )
+    queue_timeout: Seconds = Field(
+        default=1.0,
+        description="Seconds a queued request waits for a slot before it gets 503.",
+    )
+    retry_after: int = Field(
+        default=1,
+        ge=0,
+        le=3600,
+        description="Value of the Retry-After header (seconds) sent with every 503.",
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Cap on open client sockets. At the cap the least recently used idle keep-alive"
+            " connection is closed to make room; with none idle the sidecar stops accepting"
+            " and the kernel's accept queue holds new connections. null means no cap."
+        ),
+    )
+    backlog: int = Field(
+        default=2048,
+        ge=1,
+        le=1_048_576,
+        description=(
+            "listen() backlog of the public socket (the accept queue). The kernel silently"
+            " clamps it to net.core.somaxconn of the Pod's network namespace; the effective"
+            " value is exported as asgi_listen_backlog_effective."
+        ),
+    )
+    upstream_timeout: Seconds = Field(
+        default=60.0,
+        description=(
+            "Seconds to wait for the application's response headers; then 504. Also bounds"
+            " connecting to the application."
+        ),
+    )
+    upstream_keep_alive: Seconds = Field(
+        default=4.0,
+        description=(
+            "Seconds a pooled connection to the application may stay idle. Keep it below the"
+            " application's own keep-alive (uvicorn: 5 s) so the sidecar, not the app, closes"
+            " idle pooled connections."
+        ),
+    )
+    upstream_max_idle: int = Field(
+        default=256,
+        ge=0,
+        le=100_000,
+        description="Idle pooled connections to the application kept for reuse.",
+    )
+    max_header_size: int = Field(
+        default=65_536,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Bytes allowed for a request line plus headers; larger requests get 431.",
+    )
+    timeout_graceful_shutdown: Seconds = Field(
+        default=30.0,
+        description=(
+            "Seconds in-flight requests get to finish after SIGTERM (after shutdown_delay);"
+            " then the remaining connections are closed."
+        ),
+    )
+    shutdown_delay: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds between SIGTERM (readiness turns 503 at once) and closing the listener,"
+            " so endpoints and load balancers stop sending new connections first."
+        ),
+    )
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream_is_http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("must be an http:// URL with a host, like http://127.0.0.1:8000")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError("must not have a path or query; requests keep their own path")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"has an invalid port: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> SidecarSettings:
+        if self.port == self.metrics_port:
+            raise ValueError("port and metrics_port must differ")
+        return self
+
+    @property
+    def upstream_address(self) -> tuple[str, int]:
+        parts = urlsplit(self.upstream)
+        assert parts.hostname is not None  # checked by the validator
+        return parts.hostname, parts.port or 80
+
+    def restart_only_changes(self, new: SidecarSettings) -> list[str]:
+        """Names of fields that differ in ``new`` but can only change with a restart."""
+        return sorted(f for f in RESTART_ONLY_FIELDS if getattr(self, f) != getattr(new, f))

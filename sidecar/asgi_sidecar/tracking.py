@@ -1,0 +1,74 @@
+"""Deadlines for many connections without a timer per connection.
+
+One periodic sweep replaces a ``call_later`` per request: connections are kept
+in insertion-ordered dicts, so the oldest entry is always first and a sweep
+stops at the first deadline still ahead.  Idle connections double as the
+least-recently-used list that ``max_connections`` evicts from.  Pure: times are
+passed in.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+
+
+class Deadlines(Generic[K]):
+    """Keys with deadlines, oldest insertion first.
+
+    Deadlines are usually in insertion order (one timeout for all).  When a
+    timeout is lowered, later keys may expire before earlier ones; ``unordered``
+    makes the sweep look at every key until the old entries are gone.
+    """
+
+    __slots__ = ("_entries", "_full_scan_until")
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[K, float] = OrderedDict()
+        self._full_scan_until = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def add(self, key: K, deadline: float) -> None:
+        self._entries[key] = deadline
+        self._entries.move_to_end(key)
+
+    def discard(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+    def oldest(self) -> K | None:
+        for key in self._entries:
+            return key
+        return None
+
+    def pop_oldest(self) -> K | None:
+        if not self._entries:
+            return None
+        key, _ = self._entries.popitem(last=False)
+        return key
+
+    def unordered(self, until: float) -> None:
+        """Deadlines may be out of order until ``until`` (a timeout was lowered)."""
+        self._full_scan_until = max(self._full_scan_until, until)
+
+    def pop_expired(self, now: float) -> list[K]:
+        expired: list[K] = []
+        if now < self._full_scan_until:
+            for key, deadline in list(self._entries.items()):
+                if deadline <= now:
+                    del self._entries[key]
+                    expired.append(key)
+            return expired
+        while self._entries:
+            key, deadline = next(iter(self._entries.items()))
+            if deadline > now:
+                break
+            del self._entries[key]
+            expired.append(key)
+        return expired

@@ -1,0 +1,380 @@
+"""The application side of the proxy: pooled keep-alive connections to the upstream.
+
+Idle pooled connections are reused newest first and closed after
+``upstream_keep_alive`` seconds, below the application's own keep-alive, so the
+sidecar (not the app) ends idle connections.  If a reused connection turns out
+to have been closed by the app before any response byte arrived, an idempotent
+request without a body is sent once more on a fresh connection instead of
+failing with 502: the race every proxy in front of uvicorn otherwise loses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING
+
+from asgi_sidecar.http1 import ChunkedScanner, ProtocolError, parse_response_head
+
+if TYPE_CHECKING:
+    from asgi_sidecar.proxying import Exchange, FrontConnection
+    from asgi_sidecar.serving import ProxyCore
+
+log = logging.getLogger("asgi_sidecar.upstream")
+
+MAX_RESPONSE_HEAD = 256 * 1024
+
+_HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _TUNNEL, _DONE = range(6)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "buffer",
+        "closed",
+        "decode",
+        "exchange",
+        "got_bytes",
+        "idle_since",
+        "pool",
+        "remaining",
+        "requests",
+        "reusable",
+        "scanner",
+        "state",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.state = _DONE
+        self.buffer = b""
+        self.remaining = 0
+        self.scanner: ChunkedScanner | None = None
+        self.decode = False
+        self.reusable = True
+        self.closed = False
+        self.requests = 0
+        self.got_bytes = False
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        ex = self.exchange
+        if ex is None:
+            return
+        client = ex.client
+        if self.state == _TUNNEL:
+            client.tunnel = None
+            client.close("upstream_closed")
+            return
+        if ex.finished:
+            return
+        if self.state == _UNTIL_CLOSE:
+            self.state = _DONE
+            self.exchange = None
+            client.finish(ex)
+            return
+        self.exchange = None
+        if self.requests > 1 and not self.got_bytes and ex.retryable:
+            ex.retried = True
+            ex.upstream = None
+            self.pool.acquire(ex)
+            return
+        client.upstream_failed(ex, 502, "reset" if self.state == _HEAD else "truncated")
+
+    def pause_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.client.pause_reading(2)  # PAUSE_UPSTREAM
+
+    def resume_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.client.resume_reading(2)
+
+    def eof_received(self) -> bool | None:
+        if self.state == _TUNNEL and self.exchange is not None:
+            transport = self.exchange.client.transport
+            if transport is not None and transport.can_write_eof():
+                transport.write_eof()
+                return True
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            # Bytes on an idle pooled connection: the app broke framing. Drop the connection.
+            self.abort()
+            return
+        self.got_bytes = True
+        state = self.state
+        client = ex.client
+        if state == _LENGTH:
+            remaining = self.remaining
+            size = len(data)
+            if size <= remaining:
+                client.response_body(data)
+                self.remaining = remaining - size
+                if size == remaining:
+                    self._complete(ex)
+            else:
+                client.response_body(data[:remaining])
+                self.reusable = False  # the app sent more than it announced
+                self._complete(ex)
+            return
+        if state in (_TUNNEL, _UNTIL_CLOSE):
+            client.response_body(data)
+            return
+        pos = 0
+        if state == _HEAD:
+            rest = self._read_head(ex, data)
+            if rest is None:
+                return
+            if self.state != _CHUNKED:
+                client.response_body(rest)  # tunnel
+                return
+            data = rest
+        if state == _CHUNKED:
+            scanner = self.scanner
+            assert scanner is not None
+            try:
+                end, done, spans = scanner.feed(data, pos)
+            except ProtocolError as exc:
+                self._broken(ex, str(exc))
+                return
+            if self.decode:
+                for start, stop in spans:
+                    client.response_body(data[start:stop])
+            elif end > pos:
+                client.response_body(data[pos:end] if (pos or end < len(data)) else data)
+            if done:
+                if end < len(data):
+                    self.reusable = False
+                self._complete(ex)
+
+    # -- request side -----------------------------------------------------------------------
+
+    def send(self, ex: Exchange) -> None:
+        """Start an exchange on this (connected, idle) connection."""
+        assert self.transport is not None
+        self.exchange = ex
+        ex.upstream = self
+        self.requests += 1
+        self.got_bytes = False
+        self.state = _HEAD
+        self.buffer = b""
+        self.transport.write(ex.upstream_bytes())
+        ex.streaming = True
+        client = ex.client
+        client.body_flowing()
+        if client.write_paused:
+            self.pause_reading()
+        core = self.pool.core
+        core.awaiting.add(ex, core.loop.time() + core.settings.upstream_timeout)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def write_eof(self) -> None:
+        if self.transport is not None and not self.closed and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.exchange = None
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    def detach_client(self) -> None:
+        """The client finished with this exchange (for example a 502 it generated)."""
+        if self.state != _DONE:
+            self.exchange = None
+            self.abort()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _read_head(self, ex: Exchange, data: bytes) -> bytes | None:
+        """Consume response heads (1xx, then the final one) and write them to the client.
+
+        Returns body bytes still to be read, or None when the head is incomplete
+        or nothing is left.  A head is written together with the body bytes that
+        came with it: one write, one syscall, for the common small response.
+        """
+        buffer = self.buffer + data if self.buffer else data
+        client = ex.client
+        rest = b""
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_RESPONSE_HEAD:
+                    self._broken(ex, "response head too large")
+                else:
+                    self.buffer = buffer
+                return None
+            try:
+                head = parse_response_head(buffer[:end])
+            except ProtocolError as exc:
+                self._broken(ex, str(exc))
+                return None
+            rest = buffer[end + 4 :]
+            if head.status == 101 and ex.upgrade:
+                self.buffer = b""
+                self.state = _TUNNEL
+                self.reusable = False
+                client.response_body(client.response_head(ex, head, False))
+                client.start_tunnel(ex, self)
+                return rest or None
+            if 100 <= head.status < 200:
+                client.response_body(client.response_head(ex, head, False))
+                buffer = rest
+                continue
+            break
+        self.buffer = b""
+        if head.close:
+            self.reusable = False
+        if ex.upgrade:
+            ex.keep_alive = False  # the refused upgrade left the client's parser behind
+        has_body = not (ex.method == b"HEAD" or head.status in (204, 304))
+        if not has_body:
+            client.response_body(client.response_head(ex, head, False))
+            self._complete(ex)
+            return None
+        if head.chunked:
+            self.decode = ex.http10
+            self.scanner = ChunkedScanner()
+            self.state = _CHUNKED
+            client.response_body(client.response_head(ex, head, self.decode))
+            return rest or None
+        length = head.content_length
+        if length is None:
+            self.reusable = False
+            self.state = _UNTIL_CLOSE
+            client.response_body(client.response_head(ex, head, False) + rest)
+            return None
+        out = client.response_head(ex, head, False)
+        got = len(rest)
+        if got >= length:
+            if got > length:
+                self.reusable = False  # the app sent more than it announced
+                rest = rest[:length]
+            client.response_body(out + rest)
+            self._complete(ex)
+            return None
+        client.response_body(out + rest)
+        self.remaining = length - got
+        self.state = _LENGTH
+        return None
+
+    def _complete(self, ex: Exchange) -> None:
+        self.state = _DONE
+        self.exchange = None
+        ex.upstream = None
+        client: FrontConnection = ex.client
+        pool = self.pool
+        if self.reusable and ex.body_done:
+            pool.release(self)
+        else:
+            self.close()
+        client.finish(ex)
+
+    def _broken(self, ex: Exchange, why: str) -> None:
+        log.warning("upstream protocol error: %s", why)
+        self.exchange = None
+        self.abort()
+        ex.client.upstream_failed(ex, 502, "protocol_error")
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream address."""
+
+    def __init__(self, core: ProxyCore, host: str, port: int) -> None:
+        self.core = core
+        self.host = host
+        self.port = port
+        self.idle: deque[UpstreamConnection] = deque()
+        self.open: set[UpstreamConnection] = set()
+        self._connecting: set[asyncio.Task[None]] = set()
+
+    def acquire(self, ex: Exchange) -> None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.send(ex)
+                return
+        task = self.core.loop.create_task(self._connect(ex))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, ex: Exchange) -> None:
+        core = self.core
+        try:
+            _, conn = await asyncio.wait_for(
+                core.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+                core.settings.upstream_timeout,
+            )
+        except TimeoutError:
+            ex.client.upstream_failed(ex, 504, "connect_timeout")
+            return
+        except OSError as exc:
+            log.debug("upstream connect failed: %s", exc)
+            ex.client.upstream_failed(ex, 502, "connect_failed")
+            return
+        self.open.add(conn)
+        if ex.finished or ex.client.closed:
+            self.release(conn)
+            return
+        conn.send(ex)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            return
+        if len(self.idle) >= self.core.settings.upstream_max_idle or self.core.stopping:
+            conn.close()
+            return
+        conn.idle_since = self.core.loop.time()
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self.open.discard(conn)
+
+    def close_expired(self, now: float) -> None:
+        limit = now - self.core.settings.upstream_keep_alive
+        idle = self.idle
+        while idle and (idle[0].idle_since <= limit or idle[0].closed):
+            idle.popleft().close()
+
+    def close_all(self) -> None:
+        while self.idle:
+            self.idle.popleft().close()
+        for task in list(self._connecting):
+            task.cancel()
