@@ -145,7 +145,8 @@ class UpstreamConnection(asyncio.Protocol):
             rest = self._read_head(ex, data)
             if rest is None:
                 return
-            if self.state != _CHUNKED:
+            state = self.state
+            if state != _CHUNKED:
                 client.response_body(rest)  # tunnel
                 return
             data = rest
