@@ -18,7 +18,7 @@ from typing import Any
 
 from asgi_sidecar import __version__
 from asgi_sidecar.configuring import ConfigError, dump_settings, load_settings
-from asgi_sidecar.settings import SidecarSettings
+from asgi_sidecar.settings import SidecarSettings, is_nullable
 
 log = logging.getLogger("asgi_sidecar")
 
@@ -94,7 +94,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     for name in SidecarSettings.model_fields:
         if name in vars(args):
             raw = getattr(args, name)
-            nullable = SidecarSettings.model_fields[name].default is None
+            nullable = is_nullable(name)
             values[name] = None if nullable and raw.lower() in ("none", "null") else raw
     return values
 

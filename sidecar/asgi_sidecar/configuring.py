@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from asgi_sidecar.settings import SidecarSettings
+from asgi_sidecar.settings import SidecarSettings, is_nullable
 
 ENV_PREFIX = "ASGI_SIDECAR_"
 _NULL_WORDS = frozenset({"", "none", "null"})
@@ -36,10 +36,6 @@ def _field_names() -> dict[str, str]:
         if field.alias:
             names[field.alias] = name
     return names
-
-
-def _nullable(name: str) -> bool:
-    return SidecarSettings.model_fields[name].default is None
 
 
 def describe_validation_error(exc: ValidationError, source: str) -> str:
@@ -87,7 +83,7 @@ def values_from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
-        if _nullable(name) and raw.strip().lower() in _NULL_WORDS:
+        if is_nullable(name) and raw.strip().lower() in _NULL_WORDS:
             result[name] = None
         else:
             result[name] = raw.strip()

@@ -10,7 +10,7 @@ This module is pure: no I/O, no asyncio.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -20,6 +20,11 @@ Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
 # Settings that only a restart can change (the sockets are bound at start).
 RESTART_ONLY_FIELDS = frozenset({"upstream", "host", "port", "metrics_host", "metrics_port"})
+
+
+def is_nullable(name: str) -> bool:
+    """True for settings where null means "no limit"."""
+    return type(None) in get_args(SidecarSettings.model_fields[name].annotation)
 
 
 class SidecarSettings(BaseModel):

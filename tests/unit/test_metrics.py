@@ -1,0 +1,79 @@
+from pathlib import Path
+
+from prometheus_client.exposition import generate_latest
+
+from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
+from asgi_sidecar.settings import SidecarSettings
+from asgi_sidecar.stats import Stats
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+GAUGES = Gauges(
+    connections_active=3,
+    connections_idle=2,
+    in_flight=1,
+    concurrency_limit=None,
+    queue_length=0,
+    queue_depth=4,
+    backlog=2048,
+    backlog_effective=128,
+    accept_queue=5,
+    listen_overflows=7,
+    listen_drops=8,
+    somaxconn=128,
+    keep_alive_timeout=75.0,
+    max_connections=100,
+    upstream_connections=4,
+    upstream_idle=1,
+    ready=True,
+)
+
+
+def scrape(stats: Stats) -> str:
+    info = settings_info(SidecarSettings().model_dump(), "proxy", "0.1.0")
+    registry = make_registry(SidecarCollector(stats, lambda: GAUGES, lambda: info))
+    return generate_latest(registry).decode()
+
+
+def sample(text: str, key: str) -> float:
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == key:
+            return float(value)
+    raise KeyError(key)
+
+
+def test_stats_become_prometheus_samples():
+    stats = Stats()
+    stats.requests[200] += 3
+    stats.rejected["concurrency_limit"] += 2
+    stats.idle_gap.observe(61.0)
+    stats.request_duration.observe(0.002)
+    text = scrape(stats)
+    assert sample(text, 'asgi_requests_total{code="200"}') == 3
+    assert sample(text, 'asgi_requests_rejected_total{reason="concurrency_limit"}') == 2
+    assert sample(text, 'asgi_idle_gap_seconds_bucket{le="60.0"}') == 0
+    assert sample(text, 'asgi_idle_gap_seconds_bucket{le="75.0"}') == 1
+    assert sample(text, 'asgi_request_duration_seconds_bucket{le="0.0025"}') == 1
+    assert sample(text, "asgi_request_duration_seconds_count") == 1
+    assert sample(text, "asgi_concurrency_limit") == float("inf")
+    assert sample(text, "asgi_listen_backlog_effective") == 128
+    assert sample(text, 'asgi_connections{state="idle"}') == 2
+    assert sample(text, 'asgi_upstream_connections{state="active"}') == 3
+    assert "asgi_sidecar_info{" in text
+
+
+def test_every_metric_and_setting_is_documented_in_the_readme():
+    readme = README.read_text()
+    names = {line.split()[2] for line in scrape(Stats()).splitlines() if line.startswith("# TYPE")}
+    for name in names:
+        documented = name if not name.endswith("_created") else None
+        if documented is None:
+            continue
+        for suffix in ("_total", "_info"):
+            if f"`{name}{suffix}" in readme:
+                break
+        else:
+            assert f"`{name}" in readme, name
+    for field in SidecarSettings.model_fields:
+        assert f"`{field}`" in readme, field
