@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"asgi-sidecar: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    _raise_open_file_limit()
     _install_uvloop()
     try:
         if args.command == "proxy":
@@ -149,6 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
+
+
+def _raise_open_file_limit() -> None:
+    """Every connection is a file descriptor: use the hard limit, not the soft 1024."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # pragma: no cover - refused by the system
+            log.warning("could not raise the open file limit from %d", soft)
 
 
 def _install_uvloop() -> None:

@@ -521,6 +521,8 @@ class FrontConnection(asyncio.Protocol):
             ex.upstream.detach_client()
         if self.current is ex:
             self.current = None
+        if self.paused & PAUSE_UPSTREAM:
+            self.resume_reading(PAUSE_UPSTREAM)  # that upstream connection is done with us
         if self.closed:
             return
         if not ex.keep_alive or core.draining_connections:

@@ -41,6 +41,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "remaining",
         "requests",
+        "read_paused",
         "reusable",
         "scanner",
         "state",
@@ -57,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.scanner: ChunkedScanner | None = None
         self.decode = False
         self.reusable = True
+        self.read_paused = False
         self.closed = False
         self.requests = 0
         self.got_bytes = False
@@ -197,11 +199,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write_eof()
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.read_paused:
+            self.read_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self.read_paused:
+            self.read_paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -362,6 +366,7 @@ class UpstreamPool:
         if len(self.idle) >= self.core.settings.upstream_max_idle or self.core.stopping:
             conn.close()
             return
+        conn.resume_reading()  # a slow client may have paused it; the next one must not hang
         conn.idle_since = self.core.loop.time()
         self.idle.append(conn)
 
