@@ -95,10 +95,11 @@ def build_settings(
     file_values: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
+    file_source: str = "config file",
 ) -> SidecarSettings:
     """Merge the layers and validate once; ConfigError says which field is wrong."""
     layers: list[tuple[str, Mapping[str, Any]]] = [
-        ("config file", file_values or {}),
+        (file_source, file_values or {}),
         ("environment", values_from_environment(environ or {})),
         ("command line", flags or {}),
     ]
@@ -124,8 +125,14 @@ def build_settings(
 def load_settings(
     config_path: Path | None, environ: Mapping[str, str], flags: Mapping[str, Any]
 ) -> SidecarSettings:
-    file_values = read_config_file(config_path) if config_path is not None else {}
-    return build_settings(file_values=file_values, environ=environ, flags=flags)
+    if config_path is None:
+        return build_settings(environ=environ, flags=flags)
+    return build_settings(
+        file_values=read_config_file(config_path),
+        environ=environ,
+        flags=flags,
+        file_source=f"config file {config_path}",
+    )
 
 
 def dump_settings(settings: SidecarSettings) -> str:

@@ -42,6 +42,10 @@ class HeaderTooLargeError(Exception):
     pass
 
 
+class BadTransferEncodingError(Exception):
+    """Transfer-Encoding whose final coding is not chunked: 400 and close (RFC 9112 6.3)."""
+
+
 class Exchange:
     """One request and its response.
 
@@ -58,6 +62,7 @@ class Exchange:
     upgrade = b""
     expect_continue = False
     chunked = False
+    te_last = b""  # the final coding in Transfer-Encoding
     has_body = False
     http10 = False
     keep_alive = True
@@ -180,17 +185,17 @@ class FrontConnection(asyncio.Protocol):
         core.connection_closed(self, self.close_reason)
 
     def eof_received(self) -> bool | None:
-        if self.tunnel is not None:
-            self.tunnel.write_eof()
+        tunnel = self.tunnel
+        if tunnel is not None:
+            if tunnel.half_closed:
+                return None  # the app had ended its side too: close both
+            tunnel.half_closed = True
+            tunnel.write_eof()
             return True
-        if self.current is None and self.parsing is None:
-            return None  # idle: close now
-        # Half-closed while a response is still owed: keep writing, close afterwards.
-        if self.parsing is not None and self.current is not self.parsing:
-            self.parsing = None
-        if self.current is not None:
-            self.current.keep_alive = False
-        return True
+        # A client that closed its socket cannot be told from one that only half-closed.
+        # Like nginx, take both as gone: closing abandons any request still owed a
+        # response (connection_lost), which aborts its upstream request and frees its slot.
+        return None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -227,8 +232,17 @@ class FrontConnection(asyncio.Protocol):
             self._protocol_error(431, "header_too_large")
             return
         except httptools.HttpParserError as exc:
+            # httptools raises HttpParserCallbackError for an exception raised in a callback;
+            # the original one is its context.
+            if isinstance(exc.__context__, HeaderTooLargeError):
+                self._protocol_error(431, "header_too_large")
+                return
             message = str(exc)
-            smuggling = "Content-Length" in message or "Transfer-Encoding" in message
+            smuggling = (
+                isinstance(exc.__context__, BadTransferEncodingError)
+                or "Content-Length" in message
+                or "Transfer-Encoding" in message
+            )
             self._protocol_error(400, "smuggling" if smuggling else "bad_request")
             return
         finally:
@@ -281,6 +295,7 @@ class FrontConnection(asyncio.Protocol):
             ex.head.append(name + b": " + value + b"\r\n")
         elif lname == b"transfer-encoding":
             ex.chunked = ex.has_body = True
+            ex.te_last = value.rsplit(b",", 1)[-1].strip().lower()
         elif lname == b"connection":
             ex.conn_tokens.extend(t.strip().lower() for t in value.split(b","))
         elif lname == b"upgrade":
@@ -309,11 +324,13 @@ class FrontConnection(asyncio.Protocol):
         ex.http10 = parser.get_http_version() == "1.0"
         if ex.head_size + len(ex.url) > core.settings.max_header_size:
             raise HeaderTooLargeError
+        if ex.chunked and ex.te_last != b"chunked":
+            raise BadTransferEncodingError  # llhttp refuses it too, but only after this call
+        if ex.conn_tokens:
+            _drop_connection_listed(ex)  # before adding lines: it replaces ex.head
         head = ex.head
         head.append(b"x-forwarded-for: " + (ex.xff + b", " if ex.xff else b"") + self.peer_ip)
         head.append(b"\r\n" if ex.proto_seen else b"\r\nx-forwarded-proto: http\r\n")
-        if ex.conn_tokens:
-            _drop_connection_listed(ex)
         if ex.chunked:
             head.append(b"transfer-encoding: chunked\r\n")
         if ex.upgrade and b"upgrade" in ex.conn_tokens:
@@ -615,7 +632,9 @@ class FrontConnection(asyncio.Protocol):
 
 def _drop_connection_listed(ex: Exchange) -> None:
     """Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)."""
-    listed = {t for t in ex.conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+    # Never the framing or the Host: dropping Content-Length would desync the upstream.
+    keep = (b"close", b"keep-alive", b"upgrade", b"content-length", b"host")
+    listed = {t for t in ex.conn_tokens if t not in keep}
     if not listed:
         return
     ex.head = [line for line in ex.head if line.split(b":", 1)[0].lower() not in listed]

@@ -225,6 +225,9 @@ class ProxyCore:
         cap = self.settings.max_connections
         for _ in range(ACCEPT_BATCH):
             if cap is not None and len(self.connections) + self._handshaking >= cap:
+                queue = kernel.listen_queue(listener)
+                if queue is not None and queue[0] == 0:
+                    return  # nobody waits to be accepted: evict nobody
                 victim = self.idle.pop_oldest()
                 if victim is None:
                     # Nothing to evict: leave new connections in the kernel's queue.

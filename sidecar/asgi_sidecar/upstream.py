@@ -37,6 +37,7 @@ class UpstreamConnection(asyncio.Protocol):
         "decode",
         "exchange",
         "got_bytes",
+        "half_closed",
         "idle_since",
         "pool",
         "remaining",
@@ -62,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.requests = 0
         self.got_bytes = False
+        self.half_closed = False  # a tunnel: one side has sent EOF
         self.idle_since = 0.0
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -111,6 +113,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self.state == _TUNNEL and self.exchange is not None:
+            if self.half_closed:
+                return None  # the client had ended its side too: close both
+            self.half_closed = True
             transport = self.exchange.client.transport
             if transport is not None and transport.can_write_eof():
                 transport.write_eof()

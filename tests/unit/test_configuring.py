@@ -52,7 +52,7 @@ def test_invalid_value_names_source_and_field(tmp_path):
     path.write_text("timeoutKeepAlive: -5\n")
     with pytest.raises(ConfigError) as info:
         load_settings(path, {}, {})
-    assert str(info.value).startswith("config file: timeout_keep_alive:")
+    assert str(info.value).startswith(f"config file {path}: timeout_keep_alive:")
 
 
 def test_missing_file_is_a_config_error(tmp_path):

@@ -1,0 +1,86 @@
+"""``asgi-sidecar serve module:app``: the app in-process on uvicorn, with the same guarantees."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import httpx
+
+from tests.integration.test_limits import Conn, wait_for
+from tests.support.processes import ROOT, sidecar
+
+APP = ("tests.support.apps:app", "--app-dir", str(ROOT))
+
+
+def test_serves_requests_and_exports_metrics(tmp_path):
+    with sidecar(0, *APP, tmp_path=tmp_path, command="serve") as sc:
+        response = httpx.get(sc.url + "/echo", timeout=5)
+        assert response.status_code == 200
+        assert response.json() == {"size": 0, "start": ""}
+        posted = httpx.post(sc.url + "/echo", content=b"abc", timeout=5)
+        assert posted.json() == {"size": 3, "start": "abc"}
+        assert sc.metric("asgi_requests_total", 'code="200"') == 2
+        assert sc.metric("asgi_request_duration_seconds_count") == 2
+        text = sc.metrics()
+        assert 'mode="embedded"' in text
+        for name in ("asgi_listen_backlog_effective", "asgi_accept_queue_length"):
+            assert f"\n{name} " in text
+        check = subprocess.run(
+            ["promtool", "check", "metrics"],
+            input=text,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (check.returncode, check.stdout + check.stderr) == (0, "")
+        health = httpx.get(f"http://127.0.0.1:{sc.metrics_port}/healthz", timeout=5)
+        ready = httpx.get(f"http://127.0.0.1:{sc.metrics_port}/readyz", timeout=5)
+        assert (health.status_code, ready.status_code) == (200, 200)
+
+
+def test_limit_counts_requests_and_503_keeps_the_connection(tmp_path):
+    args = (*APP, "--limit-concurrency", "1")
+    with sidecar(0, *args, tmp_path=tmp_path, command="serve") as sc:
+        idle = [Conn(sc.port) for _ in range(5)]  # open and silent: they must not count
+        assert idle[0].request("/echo").status == 200
+        busy = Conn(sc.port)
+        busy.send("/slow?s=1.5")
+        wait_for(lambda: sc.metric("asgi_requests_in_flight") == 1, what="in flight")
+        refused_conn = Conn(sc.port)
+        refused = refused_conn.request("/echo")
+        assert refused.status == 503
+        assert refused.headers["retry-after"] == "1"
+        assert 0 < len(refused.body) < 200
+        assert busy.read_response().status == 200
+        assert refused_conn.request("/echo").status == 200  # the same connection, still open
+        for conn in idle:
+            assert conn.request("/echo").status == 200
+        assert sc.metric("asgi_requests_rejected_total", 'reason="concurrency_limit"') == 1
+
+
+def test_silent_connection_is_closed_after_keep_alive(tmp_path):
+    args = (*APP, "--timeout-keep-alive", "1")
+    with sidecar(0, *args, tmp_path=tmp_path, command="serve") as sc:
+        silent = Conn(sc.port)
+        closed_after = silent.wait_closed(5)
+        assert closed_after is not None, "a connection that never sent a byte stayed open"
+        assert 0.9 <= closed_after <= 1.6
+        used = Conn(sc.port)
+        assert used.request("/echo").status == 200
+        closed_after = used.wait_closed(5)
+        assert closed_after is not None
+        assert 0.9 <= closed_after <= 1.6
+        wait_for(lambda: sc.metric("asgi_connections_closed_total", 'reason="idle_timeout"') >= 2)
+
+
+def test_sigterm_exits_zero(tmp_path):
+    with sidecar(0, *APP, tmp_path=tmp_path, command="serve") as sc:
+        assert httpx.get(sc.url + "/echo", timeout=5).status_code == 200
+        sc.proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert sc.proc.wait(10) == 0
+        assert time.monotonic() - started < 5
+        assert "draining" in sc.log()
