@@ -27,8 +27,13 @@ def is_nullable(name: str) -> bool:
     return type(None) in get_args(SidecarSettings.model_fields[name].annotation)
 
 
-class SidecarSettings(BaseModel):
-    """Keep-alive, concurrency, backlog and timeouts of the sidecar front server."""
+class SidecarLimits(BaseModel):
+    """Keep-alive, concurrency, backlog and timeouts: what an AsgiServer's ``server`` holds.
+
+    The operator embeds exactly this model in the CRD; the addresses (ports,
+    upstream) are derived by the operator from the AsgiServer and added in
+    ``SidecarSettings``.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -38,26 +43,6 @@ class SidecarSettings(BaseModel):
         validate_default=True,
     )
 
-    upstream: str = Field(
-        default="http://127.0.0.1:8000",
-        description=(
-            "URL of the application inside the Pod (http://host:port). The sidecar forwards"
-            " every request there over pooled keep-alive connections."
-        ),
-    )
-    host: str = Field(default="0.0.0.0", description="Address the public listener binds.")
-    port: int = Field(
-        default=8080, ge=1, le=65535, description="Public port: clients and Services connect here."
-    )
-    metrics_host: str = Field(
-        default="0.0.0.0", description="Address of the metrics and health listener."
-    )
-    metrics_port: int = Field(
-        default=9090,
-        ge=1,
-        le=65535,
-        description="Port serving /metrics, /healthz and /readyz; never subject to limits.",
-    )
     timeout_keep_alive: Seconds = Field(
         default=75.0,
         description=(
@@ -165,6 +150,31 @@ class SidecarSettings(BaseModel):
             "Seconds between SIGTERM (readiness turns 503 at once) and closing the listener,"
             " so endpoints and load balancers stop sending new connections first."
         ),
+    )
+
+
+class SidecarSettings(SidecarLimits):
+    """Everything one sidecar process runs with: the limits plus its addresses."""
+
+    upstream: str = Field(
+        default="http://127.0.0.1:8000",
+        description=(
+            "URL of the application inside the Pod (http://host:port). The sidecar forwards"
+            " every request there over pooled keep-alive connections."
+        ),
+    )
+    host: str = Field(default="0.0.0.0", description="Address the public listener binds.")
+    port: int = Field(
+        default=8080, ge=1, le=65535, description="Public port: clients and Services connect here."
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0", description="Address of the metrics and health listener."
+    )
+    metrics_port: int = Field(
+        default=9090,
+        ge=1,
+        le=65535,
+        description="Port serving /metrics, /healthz and /readyz; never subject to limits.",
     )
 
     @field_validator("upstream")
