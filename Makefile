@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := wrk nginx-light iproute2 util-linux prometheus
 
-.PHONY: test run lint typecheck unit integration bench bench-% system-deps venv clean help
+.PHONY: test run lint typecheck unit integration bench bench-% system-deps venv clean help crds cluster
 
 help:
 	@echo "make test   - install everything, lint, type-check, run all tests"
@@ -17,7 +17,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	$(PY) -m pip install --quiet -e '.[dev,demo,operator]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -51,6 +51,14 @@ integration: $(STAMP) system-deps
 
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
+
+crds: $(STAMP)
+	$(PY) -m asgi_operator.crdgen > crds/asgiservers.asgi.dev.yaml
+
+# Kubernetes control plane binaries (kube-apiserver, controller-manager, scheduler,
+# kubectl, kubelet, etcd, kwok) built from the Go module proxy into .cache/bin.
+cluster:
+	hack/build-cluster.sh
 
 run: $(STAMP)
 	$(PY) -m asgi_sidecar.demo

@@ -1,0 +1,184 @@
+"""Generate the AsgiServer CustomResourceDefinition from the pydantic models.
+
+Kubernetes wants a *structural* OpenAPI v3 schema: no ``$ref`` (inlined here),
+``nullable: true`` instead of ``anyOf`` with null, ``exclusiveMinimum`` as a
+boolean beside ``minimum``, no titles, and a description on every field (so
+``kubectl explain`` helps).  Object fields whose default is built by a factory
+get ``default: {}`` so the API server applies the nested defaults.  Pure: no I/O
+(``python -m asgi_operator.crdgen`` prints the YAML; ``make crds`` writes it).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from asgi_operator.models import (
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    AsgiServerSpec,
+)
+
+JsonSchema = dict[str, Any]
+
+_DROP = {"title", "discriminator"}
+
+
+def _inline(node: Any, defs: dict[str, JsonSchema]) -> Any:
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        merged = {**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}
+        return _inline(merged, defs)
+    return {k: _inline(v, defs) for k, v in node.items() if k not in _DROP and k != "$defs"}
+
+
+def _structural(node: Any) -> Any:
+    """Rewrite JSON Schema 2020-12 idioms into Kubernetes' OpenAPI v3 subset."""
+    if isinstance(node, list):
+        return [_structural(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _structural(v) for k, v in node.items()}
+    if "default" in node and node["default"] is None:
+        del node["default"]  # unset means unset; a null default only adds noise
+    any_of = node.get("anyOf")
+    if isinstance(any_of, list):
+        options = [o for o in any_of if o.get("type") != "null"]
+        if len(options) == 1 and len(options) < len(any_of):
+            rest = {k: v for k, v in node.items() if k != "anyOf"}
+            node = {**options[0], **rest, "nullable": True}
+    for key, flag in (("exclusiveMinimum", "exclusiveMinimum"), ("exclusiveMaximum", "")):
+        if key in node and not isinstance(node[key], bool):
+            bound = node.pop(key)
+            if key == "exclusiveMinimum":
+                node["minimum"] = bound
+                node[flag] = True
+            else:
+                node["maximum"] = bound
+                node["exclusiveMaximum"] = True
+    if node.get("type") == "object" and "properties" not in node:
+        extra = node.get("additionalProperties")
+        if not isinstance(extra, dict) or not extra:
+            node.pop("additionalProperties", None)
+            node["x-kubernetes-preserve-unknown-fields"] = True
+    if node.get("type") == "array" and node.get("items") == {}:
+        node["items"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    items = node.get("items")
+    if isinstance(items, dict) and items.get("type") == "object" and "properties" not in items:
+        items.pop("additionalProperties", None)
+        items["x-kubernetes-preserve-unknown-fields"] = True
+    if node.get("type") == "object" and "properties" in node:
+        node.pop("additionalProperties", None)
+        for prop in node["properties"].values():
+            if prop.get("type") == "object" and "default" not in prop and "properties" in prop:
+                prop["default"] = {}
+    return node
+
+
+def spec_schema() -> JsonSchema:
+    raw = AsgiServerSpec.model_json_schema(by_alias=True, mode="serialization")
+    defs = raw.pop("$defs", {})
+    schema: JsonSchema = _structural(_inline(raw, defs))
+    return schema
+
+
+def status_schema() -> JsonSchema:
+    # kopf records its own progress under status; unknown fields must survive.
+    return {
+        "type": "object",
+        "description": "Observed state, written by the operator.",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+
+
+def check_descriptions(schema: JsonSchema, path: str = "spec") -> list[str]:
+    """Fields without a description (kubectl explain would show nothing)."""
+    missing = []
+    for name, prop in schema.get("properties", {}).items():
+        where = f"{path}.{name}"
+        if not prop.get("description"):
+            missing.append(where)
+        missing += check_descriptions(prop, where)
+        if isinstance(prop.get("items"), dict):
+            missing += check_descriptions(prop["items"], where + "[]")
+    return missing
+
+
+def _column(name: str, kind: str, path: str) -> dict[str, str]:
+    return {"name": name, "type": kind, "jsonPath": path}
+
+
+def crd() -> dict[str, Any]:
+    spec = spec_schema()
+    spec["description"] = "Desired state of an ASGI service and its server settings."
+    columns = [
+        _column("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
+        _column("Mode", "string", ".spec.mode"),
+        _column("Concurrency", "integer", ".status.effective.limitConcurrency"),
+        _column("Backlog", "integer", ".status.effective.backlog"),
+        _column("KeepAlive", "number", ".status.effective.timeoutKeepAlive"),
+        _column("Age", "date", ".metadata.creationTimestamp"),
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["all"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "An ASGI service (FastAPI, Starlette, Django ASGI) with the"
+                                " asgi-sidecar in front: keep-alive, concurrency and backlog"
+                                " that agree with its clients and its kernel."
+                            ),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string", "description": "API version."},
+                                "kind": {"type": "string", "description": "Kind."},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status_schema(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render() -> str:
+    header = "# Generated by `make crds` from asgi_operator.models; do not edit.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import yaml
+
+from asgi_operator.crdgen import check_descriptions, crd, render, spec_schema
+
+ROOT = Path(__file__).resolve().parents[3]
+CRD_FILE = ROOT / "crds" / "asgiservers.asgi.dev.yaml"
+
+
+def test_checked_in_crd_matches_the_models():
+    assert CRD_FILE.read_text() == render(), "run `make crds` and commit the result"
+
+
+def walk(node, path="spec"):
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from walk(value, f"{path}[{index}]")
+
+
+def test_schema_is_structural():
+    for path, node in walk(spec_schema()):
+        assert "$ref" not in node, path
+        assert "anyOf" not in node, path
+        assert "title" not in node, path
+        for key in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert node.get(key) is None or isinstance(node[key], bool), path
+        if node.get("type") == "object" and "properties" in node:
+            assert "additionalProperties" not in node, path
+
+
+def test_every_field_is_described():
+    assert check_descriptions(spec_schema()) == []
+
+
+def test_server_settings_come_from_the_sidecar_model():
+    server = spec_schema()["properties"]["server"]["properties"]
+    assert server["timeoutKeepAlive"]["default"] == 75.0
+    assert server["limitConcurrency"]["nullable"] is True
+    assert "upstream" not in server  # the operator derives the addresses
+    assert "port" not in server
+
+
+def test_crd_shape():
+    document = crd()
+    version = document["spec"]["versions"][0]
+    assert document["metadata"]["name"] == "asgiservers.asgi.dev"
+    assert document["spec"]["names"]["shortNames"] == ["asgi"]
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["Ready", "Mode", "Concurrency", "Backlog", "KeepAlive", "Age"]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["x-kubernetes-preserve-unknown-fields"] is True
+    assert "phase" not in yaml.safe_dump(status)
+    rules = [
+        v["rule"]
+        for v in version["schema"]["openAPIV3Schema"]["properties"]["spec"][
+            "x-kubernetes-validations"
+        ]
+    ]
+    assert any("embedded" in rule for rule in rules)
