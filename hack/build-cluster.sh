@@ -25,7 +25,24 @@ export GOFLAGS="-mod=mod"
 
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 
-have() { [ -x "$BIN/$1" ] && [ -f "$BIN/.$1.$2" ]; }
+# Built binaries are also kept in a machine-wide cache, so a fresh clone of the
+# repository (CI) copies them instead of building again.
+SHARED="${ASGI_SHARED_CACHE:-$HOME/.cache/asgi-operator/bin}"
+mkdir -p "$SHARED"
+
+share() { cp "$BIN/$1" "$SHARED/$1-$2.tmp" && mv "$SHARED/$1-$2.tmp" "$SHARED/$1-$2"; }
+
+have() {
+  if [ -x "$BIN/$1" ] && [ -f "$BIN/.$1.$2" ]; then
+    [ -x "$SHARED/$1-$2" ] || share "$1" "$2"
+    return 0
+  fi
+  if [ -x "$SHARED/$1-$2" ]; then
+    cp "$SHARED/$1-$2" "$BIN/$1" && touch "$BIN/.$1.$2"
+    return 0
+  fi
+  return 1
+}
 
 build_kubernetes() {
   local missing=()
@@ -59,6 +76,7 @@ GOMOD
     echo "building $cmd $K8S_VERSION" >&2
     go build -tags selinux,notest -trimpath -ldflags "$ldflags" -o "$BIN/$cmd" "k8s.io/kubernetes/cmd/$cmd"
     touch "$BIN/.$cmd.$K8S_VERSION"
+    share "$cmd" "$K8S_VERSION"
   done
 }
 
@@ -80,6 +98,7 @@ GOMOD
   echo "building etcd $ETCD_VERSION" >&2
   go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
   touch "$BIN/.etcd.$ETCD_VERSION"
+  share etcd "$ETCD_VERSION"
 }
 
 build_kwok() {
@@ -87,6 +106,7 @@ build_kwok() {
   echo "building kwok $KWOK_VERSION" >&2
   GOBIN="$BIN" GOFLAGS= go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   touch "$BIN/.kwok.$KWOK_VERSION"
+  share kwok "$KWOK_VERSION"
 }
 
 build_etcd

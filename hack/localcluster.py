@@ -181,8 +181,11 @@ class LocalCluster:
           matches Pods without a ``podIP``, so it does not undo the patch then (patched
           earlier, kwok would).  So this waits for the podIP first.
 
-        A ReplicaSet counts a Failed Pod as gone and creates a replacement, as it does
-        on a real cluster (where the kubelet rejects that one too).
+        A ReplicaSet counts a Failed Pod as gone and creates a replacement, as on a real
+        cluster (where the kubelet rejects that one too).  Failed Pods are deleted at
+        once; a Pending Pod kwok disregards stays Terminating when deleted (no kubelet)
+        until its annotation is removed (kwok's pod-delete stage then finishes it) or
+        it is deleted with ``--grace-period=0 --force``.
         """
         meta = self.get_json("pod", pod, "-n", namespace)["metadata"]
         if meta.get("annotations", {}).get(KWOK_STATUS_ANNOTATION) != "custom":
@@ -255,6 +258,10 @@ class LocalCluster:
             f"--cluster-signing-key-file={c / 'ca.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--controllers=*",
             "--leader-elect=false", "--use-service-account-credentials=true",
+            # the default client rate limit (20/s) spaces out the controllers' start by
+            # ~0.15 s each: the node-lifecycle one, which lifts the new node's not-ready
+            # taint, would start ~3 s later
+            "--kube-api-qps=200", "--kube-api-burst=400", "--node-monitor-period=1s",
             "--bind-address=127.0.0.1", f"--secure-port={kcm_port}",
             f"--cert-dir={self.work_dir / 'kcm-serving'}",
         )  # fmt: skip

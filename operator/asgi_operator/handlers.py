@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -39,12 +40,18 @@ def _run(kube: Kube, options: BuildOptions, body: Any) -> None:
 
 def build_registry(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    scope = None if settings.all_namespaces else list(settings.namespaces)
     if settings.native_sidecars == NativeSidecars.auto:
         native = kube.server_minor_version() >= 29
     else:
         native = settings.native_sidecars == NativeSidecars.always
     options = BuildOptions(sidecar_image=settings.sidecar_image, native_sidecars=native)
     retries, backoff = settings.retries, settings.backoff_seconds
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A registry of our own does not get kopf's default login handlers.
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -61,9 +68,35 @@ def build_registry(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegis
     def on_change(body: kopf.Body, **_: Any) -> None:
         _run(kube, options, body)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=settings.resync_seconds, registry=registry)
-    def resync(body: kopf.Body, **_: Any) -> None:
-        _run(kube, options, body)
+    # A periodic resync without kopf.timer: kopf puts a finalizer on objects with timers,
+    # which would block `kubectl delete` while the operator is down.
+    resync_task: list[asyncio.Task[None]] = []
+
+    async def resync_forever() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(settings.resync_seconds)
+            try:
+                bodies = await loop.run_in_executor(None, kube.list_asgiservers, scope)
+                for body in bodies:
+                    await loop.run_in_executor(None, _resync_one, body)
+            except Exception:  # keep resyncing whatever one pass met
+                log.exception("resync pass failed")
+
+    def _resync_one(body: dict[str, Any]) -> None:
+        try:
+            _run(kube, options, body)
+        except kopf.TemporaryError as exc:
+            log.warning("resync of %s deferred: %s", body["metadata"]["name"], exc)
+
+    @kopf.on.startup(registry=registry)
+    async def start_resync(**_: Any) -> None:
+        resync_task.append(asyncio.get_running_loop().create_task(resync_forever()))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_resync(**_: Any) -> None:
+        for task in resync_task:
+            task.cancel()
 
     def _owner_event(event: Any, meta: Any, **_: Any) -> None:
         owner = (meta.get("labels") or {}).get(SELECTOR_LABEL)

@@ -96,6 +96,22 @@ class Kube:
             raise
         return body
 
+    def list_asgiservers(self, namespaces: list[str] | None) -> list[Manifest]:
+        """Every AsgiServer, cluster-wide (None) or in the given namespaces."""
+        if namespaces is None:
+            response = self.custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURAL, _preload_content=False
+            )
+            items: list[Manifest] = _json(response).get("items", [])
+            return items
+        result: list[Manifest] = []
+        for namespace in namespaces:
+            response = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, _preload_content=False
+            )
+            result += _json(response).get("items", [])
+        return result
+
     def patch_status(self, namespace: str, name: str, status: Manifest) -> None:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}

@@ -1,0 +1,47 @@
+"""Markdown tables and the small statistics the scenarios share."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(value: object) -> str:
+        return "—" if value is None else str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float]) -> str:
+    """``median`` with the min-max range of the rounds, for throughput cells."""
+    if len(values) == 1:
+        return f"{values[0]:,.0f}"
+    return f"{median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def ms(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2f}"
+
+
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "—"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+class Timing:
+    """How long each wrk run lasts; BENCH_SECONDS / BENCH_ROUNDS override for quick checks."""
+
+    def __init__(self, seconds: float = 5.0, warmup: float = 1.0, rounds: int = 3) -> None:
+        self.seconds = seconds
+        self.warmup = warmup
+        self.rounds = rounds

@@ -1,0 +1,121 @@
+"""Benchmarks of asgi-sidecar against its peers (nginx, plain uvicorn), one Markdown table each.
+
+Usage: ``python bench/run.py all|ceiling|app|embedded|overload|idle``.
+
+Every process (nginx with generated configs, uvicorn, the sidecar) is started
+here on free loopback ports, pinned with taskset, and stopped by PID when its
+scenario ends, however it ends.  wrk is the load generator.  Tables are printed
+and also written to bench/results/latest.md.  BENCH_SECONDS and BENCH_ROUNDS
+shorten the runs for a quick check.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import idle
+import nginx
+import overload
+import throughput
+import wrk
+from report import Timing
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
+
+Scenario = Callable[[Path, Timing], str]
+SCENARIOS: dict[str, Scenario] = {
+    "ceiling": throughput.ceiling,
+    "app": throughput.app,
+    "embedded": throughput.embedded,
+    "overload": overload.overload,
+    "idle": idle.idle,
+}
+
+
+def header() -> str:
+    import uvicorn
+
+    from asgi_sidecar import __version__
+
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "\n".join(
+        [
+            "# asgi-sidecar benchmarks",
+            "",
+            f"- date: {now}",
+            f"- nproc: {os.cpu_count()} (affinity {sorted(os.sched_getaffinity(0))})",
+            f"- kernel: {platform.release()}; python {platform.python_version()}",
+            f"- asgi-sidecar {__version__}, uvicorn {uvicorn.__version__}, "
+            f"nginx {nginx.version()}, wrk {wrk.version()}",
+            f"- somaxconn: {_read('/proc/sys/net/core/somaxconn')}",
+        ]
+    )
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return "?"
+
+
+def main(argv: list[str]) -> int:
+    choice = argv[1] if len(argv) > 1 else "all"
+    if choice != "all" and choice not in SCENARIOS:
+        print(f"usage: run.py all|{'|'.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    names = list(SCENARIOS) if choice == "all" else [choice]
+    timing = Timing(
+        seconds=float(os.environ.get("BENCH_SECONDS", "5")),
+        rounds=int(os.environ.get("BENCH_ROUNDS", "3")),
+    )
+    sections = [header()]
+    print(sections[0], flush=True)
+    failed: list[str] = []
+    started = time.monotonic()
+    for name in names:
+        began = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+            try:
+                text = SCENARIOS[name](Path(tmp), timing)
+            except Exception as exc:
+                failed.append(name)
+                text = f"## {name}: FAILED\n\n```\n{_failure(exc, Path(tmp))}\n```"
+        text += f"\n\n_{name} took {time.monotonic() - began:.0f} s_"
+        sections.append(text)
+        print("\n" + text, flush=True)
+        _write(sections)
+    footer = f"_total {time.monotonic() - started:.0f} s_"
+    if failed:
+        footer += f"; failed: {', '.join(failed)}"
+    sections.append(footer)
+    print("\n" + footer)
+    _write(sections)
+    return 1 if failed else 0
+
+
+def _failure(exc: Exception, workdir: Path) -> str:
+    """The error and the tail of every log the scenario's processes wrote."""
+    lines = ["".join(traceback.format_exception(exc)).rstrip()]
+    for log in sorted(workdir.glob("*.log")):
+        text = log.read_text(errors="replace").strip()
+        if text:
+            lines.append(f"--- {log.name}\n" + "\n".join(text.splitlines()[-10:]))
+    return "\n".join(lines)
+
+
+def _write(sections: list[str]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n\n".join(sections) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
