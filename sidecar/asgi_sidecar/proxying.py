@@ -372,6 +372,11 @@ class FrontConnection(asyncio.Protocol):
             upstream.write(b"0\r\n\r\n")
         if ex.rejected and ex is self.current and not ex.finished:
             self._send_rejection(ex)
+        elif ex.finished and self.current is None and not self.pending and not self.closed:
+            # Answered before its request ended (a 503 sent from on_headers_complete, an
+            # early 502): the connection is idle only now.
+            self.idle_since = monotonic()
+            self.core.went_idle(self)
 
     # -- admission --------------------------------------------------------------------------
 

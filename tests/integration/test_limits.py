@@ -280,3 +280,18 @@ def test_max_connections_with_none_idle_leaves_new_ones_in_accept_queue(upstream
         assert join().status == 200  # accepted once a slot freed (an idle one was evicted)
         assert sc.metric("asgi_accept_queue_length") == 0
         assert sc.metric("asgi_connections_closed_total", 'reason="evicted"') == 1
+
+
+def test_a_connection_that_got_a_503_turns_idle_and_times_out(upstream_port, tmp_path):
+    args = ("--limit-concurrency", "1", "--timeout-keep-alive", "1")
+    with sidecar(upstream_port, *args, tmp_path=tmp_path) as sc:
+        slow = slow_requests(sc, 1, 3)
+        refused = Conn(sc.port)
+        assert refused.request("/echo").status == 503
+        # idle now, like any connection after a response: counted so, and timed out
+        wait_for(lambda: sc.metric("asgi_connections", 'state="idle"') == 1, what="1 idle")
+        closed_after = refused.wait_closed(timeout=3)
+        assert closed_after is not None
+        assert closed_after < 2
+        assert sc.metric("asgi_connections_closed_total", 'reason="idle_timeout"') == 1
+        assert slow[0].read_response().status == 200

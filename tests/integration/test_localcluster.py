@@ -22,7 +22,7 @@ localcluster = importlib.import_module("localcluster")
 pytestmark = [
     pytest.mark.timeout(240),
     pytest.mark.skipif(
-        not all((localcluster.default_bin_dir() / b).is_file() for b in localcluster.BINARIES),
+        not all(localcluster.find_binary(b).is_file() for b in localcluster.BINARIES),
         reason="control-plane binaries missing; run hack/build-cluster.sh",
     ),
 ]
@@ -121,7 +121,7 @@ def bare_pod(name: str, annotations: dict[str, str] | None = None) -> str:
     return json.dumps(pod)
 
 
-def phase_stays(cluster: Any, name: str, phase: str, seconds: float = 5.0) -> dict[str, Any]:
+def phase_stays(cluster: Any, name: str, phase: str, seconds: float = 3.0) -> dict[str, Any]:
     """The Pod's phase is `phase` now and for `seconds` more (kwok did not rewrite it)."""
     deadline = time.monotonic() + seconds
     while True:
@@ -164,7 +164,7 @@ def test_failed_start_reports_log_and_leaves_nothing_behind(tmp_path: Path) -> N
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in localcluster.BINARIES:
-        (bin_dir / name).symlink_to(localcluster.default_bin_dir() / name)
+        (bin_dir / name).symlink_to(localcluster.find_binary(name))
     broken = bin_dir / "kube-scheduler"
     broken.unlink()
     broken.write_text("#!/bin/sh\necho 'scheduler: simulated crash' >&2\nexit 3\n")

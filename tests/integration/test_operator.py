@@ -27,7 +27,7 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str = "") 
     while time.monotonic() < deadline:
         try:
             last = check()
-        except (RuntimeError, subprocess.CalledProcessError, KeyError, IndexError, TypeError) as exc:
+        except (RuntimeError, subprocess.CalledProcessError, LookupError, TypeError) as exc:
             last = exc
         else:
             if last:
