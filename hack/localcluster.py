@@ -39,14 +39,8 @@ NODE_NAME = "kwok-node-0"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_STATUS_ANNOTATION = "kwok.x-k8s.io/status"  # "custom": kwok leaves the Pod's status alone
 TIMEOUT = 60.0
-BINARIES = (
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kubectl",
-    "kwok",
-)
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+BINARIES = (*CONTROL_PLANE, "kubectl", "kwok")
 
 
 class ClusterError(RuntimeError):
@@ -56,6 +50,13 @@ class ClusterError(RuntimeError):
 def default_bin_dir() -> Path:
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     return Path(assets) if assets else ROOT / ".cache" / "bin"
+
+
+def find_binary(name: str, bin_dir: Path | None = None) -> Path:
+    """``bin_dir/name``, else ``<repo>/.cache/bin/name``: envtest's assets hold only
+    etcd, kube-apiserver and kubectl."""
+    path = (bin_dir or default_bin_dir()) / name
+    return path if path.is_file() else ROOT / ".cache" / "bin" / name
 
 
 def free_port() -> int:
@@ -111,7 +112,12 @@ class LocalCluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        cmd = [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args]
+        cmd = [
+            str(find_binary("kubectl", self.bin_dir)),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            *args,
+        ]
         result = subprocess.run(
             cmd, input=input, text=True, capture_output=True, env=_child_env(), check=False
         )
@@ -123,7 +129,7 @@ class LocalCluster:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
     def start(self) -> None:
-        missing = [b for b in BINARIES if not (self.bin_dir / b).is_file()]
+        missing = [b for b in BINARIES if not find_binary(b, self.bin_dir).is_file()]
         if missing:
             raise ClusterError(
                 f"missing {', '.join(missing)} in {self.bin_dir}; run hack/build-cluster.sh"
@@ -198,16 +204,15 @@ class LocalCluster:
         )  # fmt: skip
 
     def wait_for_pod_ip(self, pod: str, namespace: str = "default") -> str:
+        ip = ""
+
         def has_ip() -> bool:
-            out = self.kubectl(
-                "get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.podIP}", check=False
-            )
-            return out.returncode == 0 and bool(out.stdout.strip())
+            nonlocal ip
+            ip = self.get_json("pod", pod, "-n", namespace)["status"].get("podIP", "")
+            return bool(ip)
 
         self._wait(f"pod {namespace}/{pod} IP", has_ip, TIMEOUT)
-        return self.kubectl(
-            "get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.podIP}"
-        ).stdout.strip()
+        return ip
 
     # -- start-up --------------------------------------------------------------------
     def _start(self) -> None:
@@ -293,22 +298,13 @@ class LocalCluster:
 
     def _create_node(self) -> None:
         resources = {"cpu": "64", "memory": "256Gi", "pods": "1000"}
+        labels = {"type": "kwok", "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"}
         node = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": NODE_NAME,
-                "annotations": {KWOK_ANNOTATION: "fake"},
-                "labels": {
-                    "type": "kwok",
-                    "kubernetes.io/hostname": NODE_NAME,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
-                },
-            },
-            "spec": {},
+            "apiVersion": "v1", "kind": "Node", "spec": {},
+            "metadata": {"name": NODE_NAME, "labels": labels,
+                         "annotations": {KWOK_ANNOTATION: "fake"}},
             "status": {"allocatable": resources, "capacity": resources},
-        }
+        }  # fmt: skip
         self.kubectl("apply", "-f", "-", input=json.dumps(node))
 
         def ready() -> bool:
@@ -325,7 +321,7 @@ class LocalCluster:
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [str(self.bin_dir / name), *args],
+                [str(find_binary(name, self.bin_dir)), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -442,13 +438,15 @@ def _up(work_dir: Path) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # started in the background by a shell, SIGINT comes ignored; Ctrl-C must still stop
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     cluster = LocalCluster(work_dir)
     try:
         cluster.start()
         print(f"cluster ready in {time.monotonic() - started:.1f}s; logs in {cluster.logs}")
         print(f"export KUBECONFIG={cluster.kubeconfig}")
-        print(f"{cluster.bin_dir / 'kubectl'} get nodes,pods -A   # Ctrl-C stops the cluster")
+        print(f"{find_binary('kubectl')} get nodes,pods -A   # Ctrl-C stops the cluster")
         sys.stdout.flush()
         while True:
             for name, proc, log in cluster._procs:
@@ -466,7 +464,7 @@ def _up(work_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description="A local Kubernetes control plane with kwok.")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a cluster and keep it running until Ctrl-C")
     up.add_argument("--dir", type=Path, default=ROOT / ".cache" / "localcluster")

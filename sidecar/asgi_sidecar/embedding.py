@@ -38,7 +38,7 @@ from asgi_sidecar.http1 import simple_response
 from asgi_sidecar.limiting import ConcurrencyLimiter
 from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
 from asgi_sidecar.reloading import ConfigWatcher
-from asgi_sidecar.serving import open_listener
+from asgi_sidecar.serving import SWEEP_INTERVAL, open_listener
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
 from asgi_sidecar.tracking import Deadlines
@@ -65,6 +65,8 @@ class EmbeddedState:
         )
         self.connections: set[GuardedProtocol] = set()
         self.idle: Deadlines[GuardedProtocol] = Deadlines()
+        self.heads: Deadlines[GuardedProtocol] = Deadlines()
+        self.config: uvicorn.Config | None = None
         self.ready = False
         self.listener: Any = None
         self.effective_backlog = settings.backlog
@@ -82,8 +84,20 @@ class EmbeddedState:
             self.listener.listen(new.backlog)
             queue = kernel.listen_queue(self.listener)
             self.effective_backlog = queue[1] if queue else new.backlog
+        keep_alive = int(max(1, new.timeout_keep_alive))
+        if self.config is not None:
+            self.config.timeout_keep_alive = keep_alive  # for connections opened from now on
         for proto in self.connections:
-            proto.timeout_keep_alive = int(max(1, new.timeout_keep_alive))
+            proto.timeout_keep_alive = keep_alive  # from their next idle period
+        if new.header_timeout < old.header_timeout:
+            self.heads.unordered(asyncio.get_running_loop().time() + old.header_timeout)
+
+    def sweep(self) -> None:
+        """Every 0.1 s: answer 408 to clients whose headers are overdue."""
+        loop = asyncio.get_running_loop()
+        for proto in self.heads.pop_expired(loop.time()):
+            proto.header_timed_out()
+        loop.call_later(SWEEP_INTERVAL, self.sweep)
 
     def release(self) -> None:
         while True:
@@ -190,14 +204,18 @@ class AdmissionMiddleware:
 
 
 class GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus idle-from-the-start, header timeout and tracking."""
+    """uvicorn's httptools protocol plus idle-from-the-start, header timeout and tracking.
+
+    Nothing here adds a timer per request: the header deadline lives in the
+    shared ``Deadlines`` swept every 0.1 s, and after a response uvicorn's own
+    keep-alive timer (same timeout) does the idle closing.
+    """
 
     state: EmbeddedState  # set on the subclass made per process
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         state = self.state
         self._close_reason = ""
-        self._header_timer: asyncio.TimerHandle | None = None
         self._idle_since = monotonic()
         self._served = 0
         super().connection_made(transport)
@@ -213,51 +231,41 @@ class GuardedProtocol(HttpToolsProtocol):
             victim._close_reason = "evicted"
             victim.transport.close()
         state.connections.add(self)
-        self._went_idle()
+        state.idle.add(self, 0.0)
+        # uvicorn never times out a connection that has not sent a byte; this does.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
 
-    def _went_idle(self) -> None:
-        self.state.idle.add(self, 0.0)
-        # A connection that never sends a byte is timed out like an idle one.
-        if self.timeout_keep_alive_task is None:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self._idle_timeout
-            )
-
-    def _idle_timeout(self) -> None:
-        self._close_reason = "idle_timeout"
-        self.timeout_keep_alive_handler()
+    def timeout_keep_alive_handler(self) -> None:
+        self._close_reason = self._close_reason or "idle_timeout"
+        super().timeout_keep_alive_handler()
 
     def connection_lost(self, exc: Exception | None) -> None:
         state = self.state
         state.connections.discard(self)
         state.idle.discard(self)
-        if self._header_timer is not None:
-            self._header_timer.cancel()
+        state.heads.discard(self)
         reason = self._close_reason or ("client_error" if exc else "client_closed")
         state.stats.connections_closed[reason] += 1
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         state = self.state
-        if self in state.idle:
-            state.idle.discard(self)
-            if self._served:
-                state.stats.idle_gap.observe(monotonic() - self._idle_since)
         if self._served:
             state.stats.keepalive_reused += 1
+            if self in state.idle:
+                state.stats.idle_gap.observe(monotonic() - self._idle_since)
+        state.idle.discard(self)
         self._served += 1
-        self._header_timer = self.loop.call_later(
-            state.settings.header_timeout, self._header_timeout
-        )
+        state.heads.add(self, self.loop.time() + state.settings.header_timeout)
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self.state.heads.discard(self)
         super().on_headers_complete()
 
-    def _header_timeout(self) -> None:
+    def header_timed_out(self) -> None:
         self.state.stats.rejected["header_timeout"] += 1
         self._close_reason = "header_timeout"
         if not self.transport.is_closing():
@@ -266,11 +274,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.timeout_keep_alive_task is not None:  # uvicorn scheduled its idle timer
-            self.timeout_keep_alive_task.cancel()
-            self.timeout_keep_alive_task = None
+        if self.timeout_keep_alive_task is not None:  # uvicorn found nothing pipelined
             self._idle_since = monotonic()
-            self._went_idle()
+            self.state.idle.add(self, 0.0)
 
 
 class DrainingServer(uvicorn.Server):
@@ -334,6 +340,8 @@ async def run_embedded(
         log_config=None,
         access_log=False,
     )
+    state.config = config
+    state.sweep()
     listener = open_listener(settings.host, settings.port, settings.backlog)
     state.listener = listener
     queue = kernel.listen_queue(listener)
