@@ -21,6 +21,7 @@ proxy mode can leave it there).
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
 import sys
@@ -253,17 +254,20 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         state = self.state
         if self._served:
-            state.stats.keepalive_reused += 1
+            stats = state.stats
+            stats.keepalive_reused += 1
             if self in state.idle:
-                state.stats.idle_gap.observe(monotonic() - self._idle_since)
-        state.idle.discard(self)
+                state.idle.discard(self)
+                stats.idle_gap.observe(monotonic() - self._idle_since)
+        else:
+            state.idle.discard(self)
         self._served += 1
         state.heads.add(self, self.loop.time() + state.settings.header_timeout)
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
 
     def on_headers_complete(self) -> None:
         self.state.heads.discard(self)
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def header_timed_out(self) -> None:
         self.state.stats.rejected["header_timeout"] += 1
@@ -273,7 +277,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        HttpToolsProtocol.on_response_complete(self)
         if self.timeout_keep_alive_task is not None:  # uvicorn found nothing pipelined
             self._idle_since = monotonic()
             self.state.idle.add(self, 0.0)
@@ -374,6 +378,10 @@ async def run_embedded(
         )
         watcher_task = asyncio.get_running_loop().create_task(watcher.run())
     server = DrainingServer(config, state)
+    # Everything imported and built so far lives as long as the process: keep it out of
+    # the garbage collector's full passes, which per-request garbage triggers.
+    gc.collect()
+    gc.freeze()
     state.ready = True
     log.info(
         "asgi-sidecar %s serving %s on http://%s:%d; metrics on http://%s:%d/metrics",

@@ -9,7 +9,6 @@ passed in.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -26,7 +25,9 @@ class Deadlines(Generic[K]):
     __slots__ = ("_entries", "_full_scan_until")
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[K, float] = OrderedDict()
+        # A plain dict keeps insertion order and is cheaper than OrderedDict here;
+        # re-adding a key (pop, then set) moves it to the end.
+        self._entries: dict[K, float] = {}
         self._full_scan_until = float("-inf")
 
     def __len__(self) -> int:
@@ -36,8 +37,9 @@ class Deadlines(Generic[K]):
         return key in self._entries
 
     def add(self, key: K, deadline: float) -> None:
-        self._entries[key] = deadline
-        self._entries.move_to_end(key)
+        entries = self._entries
+        entries.pop(key, None)
+        entries[key] = deadline
 
     def discard(self, key: K) -> None:
         self._entries.pop(key, None)
@@ -48,10 +50,10 @@ class Deadlines(Generic[K]):
         return None
 
     def pop_oldest(self) -> K | None:
-        if not self._entries:
-            return None
-        key, _ = self._entries.popitem(last=False)
-        return key
+        for key in self._entries:
+            del self._entries[key]
+            return key
+        return None
 
     def unordered(self, until: float) -> None:
         """Deadlines may be out of order until ``until`` (a timeout was lowered)."""
