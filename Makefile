@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := wrk nginx-light iproute2 util-linux prometheus
 
-.PHONY: test run lint typecheck unit integration bench bench-% system-deps venv clean help crds cluster
+.PHONY: test run lint typecheck unit integration bench bench-% system-deps venv clean help crds cluster demo
 
 help:
 	@echo "make test   - install everything, lint, type-check, run all tests"
-	@echo "make run    - demo: a FastAPI app behind the sidecar on localhost"
+	@echo "make run    - local control plane + CRD + sample AsgiServer + the operator"
+	@echo "make demo   - a FastAPI app behind the sidecar on localhost"
 	@echo "make bench  - benchmarks against nginx and plain uvicorn (prints tables)"
 
 $(STAMP): pyproject.toml
@@ -37,11 +38,12 @@ system-deps:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar operator tests bench
-	$(BIN)/ruff format --check sidecar operator tests bench
+	$(BIN)/ruff check sidecar operator tests bench hack
+	$(BIN)/ruff format --check sidecar operator tests bench hack
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --strict hack/localcluster.py hack/run.py
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
@@ -49,7 +51,7 @@ unit: $(STAMP)
 integration: $(STAMP) system-deps
 	$(BIN)/pytest -q tests/integration
 
-test: $(STAMP) system-deps lint typecheck
+test: $(STAMP) system-deps cluster lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 crds: $(STAMP)
@@ -60,7 +62,10 @@ crds: $(STAMP)
 cluster:
 	hack/build-cluster.sh
 
-run: $(STAMP)
+run: $(STAMP) cluster
+	$(PY) hack/run.py
+
+demo: $(STAMP)
 	$(PY) -m asgi_sidecar.demo
 
 bench: $(STAMP) system-deps
