@@ -63,3 +63,9 @@ def test_crd_shape():
         ]
     ]
     assert any("embedded" in rule for rule in rules)
+
+
+def test_every_top_level_spec_field_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for name in spec_schema()["properties"]:
+        assert f"`{name}" in readme, name
