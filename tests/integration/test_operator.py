@@ -310,3 +310,49 @@ def test_pod_security_baseline_namespace_is_reported(cluster, operator, namespac
     assert "pod-security.kubernetes.io/enforce=privileged" in cond["message"]
     degraded = condition(get(cluster, "asgiserver", "psa", namespace), "Degraded")
     assert degraded["status"] == "True"
+
+
+def test_peering_pauses_the_lower_priority_operator(cluster, tmp_path):
+    cluster.kubectl("apply", "-f", str(ROOT / "crds" / "kopf-peering.yaml"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=30s"
+    )
+    peering = {
+        "apiVersion": "kopf.dev/v1",
+        "kind": "ClusterKopfPeering",
+        "metadata": {"name": "ha"},
+    }
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(peering))
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    procs = []
+    try:
+        for priority in (100, 10):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "asgi_operator",
+                        "run",
+                        "--all-namespaces",
+                        "--liveness",
+                        "",
+                        "--peering",
+                        "ha",
+                        "--priority",
+                        str(priority),
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            )
+        eventually(
+            lambda: "Pausing operations in favour of" in (tmp_path / "op-10.log").read_text(),
+            what="the low-priority operator pauses",
+        )
+        assert "Pausing operations" not in (tmp_path / "op-100.log").read_text()
+    finally:
+        for proc in procs:
+            stop(proc)
