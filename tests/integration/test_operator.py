@@ -327,27 +327,14 @@ def test_peering_pauses_the_lower_priority_operator(cluster, tmp_path):
     procs = []
     try:
         for priority in (100, 10):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "asgi_operator",
-                        "run",
-                        "--all-namespaces",
-                        "--liveness",
-                        "",
-                        "--peering",
-                        "ha",
-                        "--priority",
-                        str(priority),
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )  # fmt: skip
-            )
+            command = [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces",
+                       "--liveness", "", "--peering", "ha", "--priority", str(priority)]  # fmt: skip
+            with (tmp_path / f"op-{priority}.log").open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                    )
+                )
         eventually(
             lambda: "Pausing operations in favour of" in (tmp_path / "op-10.log").read_text(),
             what="the low-priority operator pauses",
