@@ -327,8 +327,8 @@ def test_peering_pauses_the_lower_priority_operator(cluster, tmp_path):
     procs = []
     try:
         for priority in (100, 10):
-            command = [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces",
-                       "--liveness", "", "--peering", "ha", "--priority", str(priority)]  # fmt: skip
+            flags = ["--liveness", "", "--peering", "ha", "--priority", str(priority)]
+            command = [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces", *flags]
             with (tmp_path / f"op-{priority}.log").open("wb") as log:
                 procs.append(
                     subprocess.Popen(
