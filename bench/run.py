@@ -1,6 +1,6 @@
 """Benchmarks of asgi-sidecar against its peers (nginx, plain uvicorn), one Markdown table each.
 
-Usage: ``python bench/run.py all|ceiling|app|embedded|overload|idle``.
+Usage: ``python bench/run.py all|ceiling|app|embedded|overload|idle|operator``.
 
 Every process (nginx with generated configs, uvicorn, the sidecar) is started
 here on free loopback ports, pinned with taskset, and stopped by PID when its
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import idle
 import nginx
+import operator_bench
 import overload
 import throughput
 import wrk
@@ -37,6 +38,7 @@ SCENARIOS: dict[str, Scenario] = {
     "embedded": throughput.embedded,
     "overload": overload.overload,
     "idle": idle.idle,
+    "operator": operator_bench.operator,
 }
 
 

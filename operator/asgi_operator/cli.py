@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from asgi_operator import __version__
@@ -50,5 +49,5 @@ def main(argv: list[str] | None = None) -> int:
     )
     from asgi_operator.running import run
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    # kopf.configure (in run) sets up logging; a basicConfig here would print every line twice.
     return run(settings, verbose=args.verbose)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -18,6 +19,7 @@ from asgi_operator.reconciling import reconcile, status_changed
 log = logging.getLogger("asgi_operator")
 
 CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
+COALESCE_SECONDS = 1.0
 
 
 def _run(kube: Kube, options: BuildOptions, body: Any) -> None:
@@ -35,7 +37,10 @@ def _run(kube: Kube, options: BuildOptions, body: Any) -> None:
             raise kopf.TemporaryError(message, delay=2) from exc
         raise
     for reason, message in outcome.warnings:
-        kopf.warn(dict(body), reason=reason, message=message)
+        try:
+            kube.post_event(dict(body), reason, message)
+        except ApiException as exc:  # an Event is worth a try, never a retry
+            log.warning("could not post the %s event: %s", reason, exc.reason)
 
 
 def build_registry(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegistry:
@@ -98,10 +103,20 @@ def build_registry(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegis
         for task in resync_task:
             task.cancel()
 
+    # Children change often (Pod readiness, Deployment status, our own applies); one
+    # reconcile per owner per COALESCE_SECONDS is enough, and the resync loop catches
+    # anything skipped.
+    last_run: dict[tuple[str, str], float] = {}
+
     def _owner_event(event: Any, meta: Any, **_: Any) -> None:
         owner = (meta.get("labels") or {}).get(SELECTOR_LABEL)
         if not owner:
             return
+        key = (meta["namespace"], owner)
+        now = time.monotonic()
+        if now - last_run.get(key, -COALESCE_SECONDS) < COALESCE_SECONDS:
+            return
+        last_run[key] = now
         body = kube.get_asgiserver(meta["namespace"], owner)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return

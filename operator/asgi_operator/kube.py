@@ -8,6 +8,7 @@ them, and a hand edit of a field the operator owns is overwritten.
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -116,6 +117,32 @@ class Kube:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
+
+    def post_event(self, body: Manifest, reason: str, message: str, kind: str = "Warning") -> None:
+        """A core/v1 Event about ``body`` (works from any thread, unlike kopf.warn)."""
+        meta = body["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event: Any = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": body.get("kind", "AsgiServer"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": kind,
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
 
     def server_minor_version(self) -> int:
         info = self.version.get_code()

@@ -11,13 +11,19 @@ from asgi_operator.config import OperatorSettings
 from asgi_operator.handlers import build_registry
 from asgi_operator.kube import Kube
 
+# kopf runs up to 16 handler threads plus the resync loop on one ApiClient; urllib3's
+# default pool (5 per CPU) drops and re-opens TLS connections under a burst.
+CONNECTION_POOL = 32
+
 
 def load_kube_config() -> client.ApiClient:
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = CONNECTION_POOL
+    return client.ApiClient(configuration)
 
 
 def run(settings: OperatorSettings, *, verbose: bool = False) -> int:
