@@ -79,6 +79,34 @@ def config_map_name(owner: Owner) -> str:
     return f"{owner.name}-sidecar"
 
 
+TUNABLE = {
+    "limitConcurrency": "limit_concurrency",
+    "timeoutKeepAlive": "timeout_keep_alive",
+    "backlog": "backlog",
+    "adaptiveMin": "adaptive_min",
+    "adaptiveMax": "adaptive_max",
+}
+
+
+def tuned_spec(spec: AsgiServerSpec, tuned: dict[str, Any] | None) -> AsgiServerSpec:
+    """The spec with the autotuner's current values (``status.tuning.current``) applied.
+
+    The user's spec object is never written; the tuned values live in the status and
+    reach the Pods through the children built from this copy.
+    """
+    if not tuned:
+        return spec
+    known = set(type(spec.server).model_fields)
+    update = {TUNABLE[k]: v for k, v in tuned.items() if k in TUNABLE and TUNABLE[k] in known}
+    if not update:
+        return spec
+    server = type(spec.server).model_validate({**spec.server.model_dump(), **update})
+    changes: dict[str, Any] = {"server": server}
+    if "timeout_keep_alive" in update:
+        changes["client_profile"] = None  # the tuned keep-alive replaces the preset
+    return spec.model_copy(update=changes)
+
+
 def somaxconn_for(spec: AsgiServerSpec, current: int | None) -> int | None:
     """The somaxconn the Pods should have: explicit, else enough for the backlog.
 

@@ -24,6 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="'' to disable")
     run.add_argument("--log-format", choices=["plain", "json"], default="plain")
     run.add_argument("--resync-seconds", type=float, default=10.0)
+    run.add_argument(
+        "--metrics-port", type=int, default=8082, help="operator metrics; 0 to disable"
+    )
+    run.add_argument(
+        "--scrape-address-map",
+        help="test-only: JSON file mapping a Pod's podIP:port to host:port for scraping",
+    )
     run.add_argument("--verbose", action="store_true")
     commands.add_parser("crd", help="print the AsgiServer CRD")
     return parser
@@ -46,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         liveness=args.liveness or None,
         log_format=args.log_format,
         resync_seconds=args.resync_seconds,
+        metrics_port=args.metrics_port or None,
+        scrape_address_map=args.scrape_address_map,
     )
     from asgi_operator.running import run
 

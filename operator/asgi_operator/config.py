@@ -36,4 +36,11 @@ class OperatorSettings(BaseModel):
         default=10.0, gt=0, description="Re-apply children and refresh status this often."
     )
     retries: int = Field(default=10, ge=1, description="Attempts per handler before it rests.")
+    metrics_port: int | None = Field(
+        default=8082, description="Port of the operator's own /metrics; None: not served."
+    )
+    scrape_address_map: str | None = Field(
+        default=None,
+        description="Test-only: JSON file mapping podIP:port to host:port for scraping.",
+    )
     backoff_seconds: float = Field(default=5.0, gt=0, description="Delay between attempts.")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry, start_http_server
 
+from asgi_operator.autotuning import Autotuner, TuningMetrics
 from asgi_operator.building import MANAGED_BY, SELECTOR_LABEL, BuildOptions
 from asgi_operator.config import NativeSidecars, OperatorSettings
 from asgi_operator.kube import Kube
@@ -19,6 +22,7 @@ from asgi_operator.reconciling import reconcile, status_changed
 log = logging.getLogger("asgi_operator")
 
 CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
+LIST_EVERY_SECONDS = 5.0
 COALESCE_SECONDS = 1.0
 
 
@@ -94,9 +98,58 @@ def build_registry(settings: OperatorSettings, kube: Kube) -> kopf.OperatorRegis
         except kopf.TemporaryError as exc:
             log.warning("resync of %s deferred: %s", body["metadata"]["name"], exc)
 
+    metrics_registry = CollectorRegistry()
+    tuner = Autotuner(
+        kube,
+        TuningMetrics(metrics_registry),
+        Path(settings.scrape_address_map) if settings.scrape_address_map else None,
+    )
+
+    def _tune_one(body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        fresh = kube.get_asgiserver(meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            patch = tuner.tune(fresh)
+        except ApiException as exc:
+            log.warning("autotune of %s deferred: %s", meta["name"], exc.reason)
+            return
+        if patch is None:
+            return
+        kube.patch_status(meta["namespace"], meta["name"], patch)
+        # Apply the tuned values to the children now, not at the next resync.
+        fresh = kube.get_asgiserver(meta["namespace"], meta["name"])
+        if fresh is not None:
+            _resync_one(fresh)
+
+    async def autotune_forever() -> None:
+        loop = asyncio.get_running_loop()
+        bodies: list[dict[str, Any]] = []
+        listed = -LIST_EVERY_SECONDS
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                now = time.monotonic()
+                if now - listed >= LIST_EVERY_SECONDS:
+                    bodies = await loop.run_in_executor(None, kube.list_asgiservers, scope)
+                    listed = now
+                for body in bodies:
+                    if tuner.due(body, now):
+                        await loop.run_in_executor(None, _tune_one, body)
+            except Exception:  # keep tuning whatever one round met
+                log.exception("autotune round failed")
+
     @kopf.on.startup(registry=registry)
     async def start_resync(**_: Any) -> None:
-        resync_task.append(asyncio.get_running_loop().create_task(resync_forever()))
+        loop = asyncio.get_running_loop()
+        resync_task.append(loop.create_task(resync_forever()))
+        resync_task.append(loop.create_task(autotune_forever()))
+        if settings.metrics_port:
+            try:
+                start_http_server(settings.metrics_port, registry=metrics_registry)
+            except OSError as exc:  # metrics are worth having, not worth refusing to run
+                log.error("operator metrics not served on :%d: %s", settings.metrics_port, exc)
 
     @kopf.on.cleanup(registry=registry)
     async def stop_resync(**_: Any) -> None:

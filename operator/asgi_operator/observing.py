@@ -14,7 +14,7 @@ tuning instead of acting on partial data.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -57,8 +57,25 @@ def _finite(value: float) -> float | None:
     return None if math.isinf(value) or math.isnan(value) else value
 
 
+Sample = tuple[str, Mapping[str, str], float]
+
+
 def parse_metrics(text: str, at: float) -> Snapshot:
     """One sidecar's /metrics text as a Snapshot."""
+    samples = (
+        (sample.name, sample.labels, float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    )
+    return snapshot_from_samples(samples, at)
+
+
+# Labels a Prometheus server adds to every series it scrapes; not the sidecar's own.
+_TARGET_LABELS = frozenset({"instance", "job", "namespace", "pod", "container", "service"})
+
+
+def snapshot_from_samples(samples: Iterable[Sample], at: float) -> Snapshot:
+    """A Snapshot from (name, labels, value) samples: a scrape, or a Prometheus query."""
     values: dict[str, float] = {}
     rejected = 0.0
     requests = 0.0
@@ -66,25 +83,24 @@ def parse_metrics(text: str, at: float) -> Snapshot:
     duration: list[tuple[float, float]] = []
     gaps: list[tuple[float, float]] = []
     idle = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name, labels, value = sample.name, sample.labels, float(sample.value)
-            if name == "asgi_requests_total":
-                requests += value
-            elif name == "asgi_requests_rejected_total":
-                if labels.get("reason") in REJECT_REASONS:
-                    rejected += value
-            elif name == "asgi_connections_closed_total":
-                if labels.get("reason") == "idle_timeout":
-                    idle_closes += value
-            elif name == "asgi_request_duration_seconds_bucket":
-                duration.append((float(labels["le"]), value))
-            elif name == "asgi_idle_gap_seconds_bucket":
-                gaps.append((float(labels["le"]), value))
-            elif name == "asgi_connections" and labels.get("state") == "idle":
-                idle = value
-            elif not labels:
-                values[name] = value
+    for name, all_labels, value in samples:
+        labels = {k: v for k, v in all_labels.items() if k not in _TARGET_LABELS}
+        if name == "asgi_requests_total":
+            requests += value
+        elif name == "asgi_requests_rejected_total":
+            if labels.get("reason") in REJECT_REASONS:
+                rejected += value
+        elif name == "asgi_connections_closed_total":
+            if labels.get("reason") == "idle_timeout":
+                idle_closes += value
+        elif name == "asgi_request_duration_seconds_bucket":
+            duration.append((float(labels["le"]), value))
+        elif name == "asgi_idle_gap_seconds_bucket":
+            gaps.append((float(labels["le"]), value))
+        elif name == "asgi_connections" and labels.get("state") == "idle":
+            idle = value
+        elif not labels:
+            values[name] = value
     return Snapshot(
         at=at,
         requests=requests,

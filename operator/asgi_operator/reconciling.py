@@ -20,6 +20,7 @@ from asgi_operator.building import (
     Owner,
     build_children,
     current_somaxconn,
+    tuned_spec,
 )
 from asgi_operator.kube import Kube
 from asgi_operator.models import AsgiServerSpec
@@ -60,6 +61,9 @@ def reconcile(kube: Kube, body: dict[str, Any], options: BuildOptions) -> Outcom
     name, namespace = meta["name"], meta["namespace"]
     try:
         spec = AsgiServerSpec.model_validate(body.get("spec") or {})
+        tuning = (body.get("status") or {}).get("tuning") or {}
+        if spec.autotune.enabled:
+            spec = tuned_spec(spec, tuning.get("current"))
     except ValidationError as exc:
         return _invalid(body, exc)
     owner = Owner(name=name, namespace=namespace, uid=meta["uid"])

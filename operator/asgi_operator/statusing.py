@@ -166,7 +166,8 @@ def merge_conditions(
 ) -> list[dict[str, Any]]:
     """Conditions in API form; lastTransitionTime moves only when the status changes."""
     before = {c.get("type"): c for c in previous}
-    result = []
+    # Conditions this module does not own (Tuned, from the autotuner) are kept as they are.
+    result = [c for c in previous if c.get("type") not in verdicts]
     for kind, verdict in verdicts.items():
         old = before.get(kind)
         since = (

@@ -357,6 +357,7 @@ async def start_operator(
         native_sidecars="always",  # "auto" would ask the server from this event loop
         liveness=None,
         resync_seconds=3600,  # only watch events may lead to an apply in these tests
+        metrics_port=None,
     )
     started: list[OperatorThread] = []
 

@@ -47,7 +47,8 @@ class Operator:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces",
-                 "--liveness", "", "--resync-seconds", "2", "--sidecar-image", "sidecar:test"],
+                 "--liveness", "", "--resync-seconds", "2", "--sidecar-image", "sidecar:test",
+                 "--metrics-port", "0"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
@@ -327,7 +328,8 @@ def test_peering_pauses_the_lower_priority_operator(cluster, tmp_path):
     procs = []
     try:
         for priority in (100, 10):
-            flags = ["--liveness", "", "--peering", "ha", "--priority", str(priority)]
+            flags = ["--liveness", "", "--metrics-port", "0", "--peering", "ha"]
+            flags += ["--priority", str(priority)]
             command = [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces", *flags]
             with (tmp_path / f"op-{priority}.log").open("wb") as log:
                 procs.append(
