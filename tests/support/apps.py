@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 STATE: dict[str, Any] = {"cancelled": 0, "active": 0}
@@ -80,6 +81,13 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
             sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/cpu":
+        # CPU-bound work of a known cost: the app's capacity is 1000 / ms requests/s.
+        await _read_body(receive)
+        end = time.process_time() + float(query.get("ms", "2")) / 1000
+        while time.process_time() < end:
+            pass
+        await _respond(send, 200, b"cpu done")
     elif path == "/stats":
         await _respond(send, 200, json.dumps(STATE).encode())
     else:
