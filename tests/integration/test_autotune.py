@@ -8,6 +8,7 @@ sidecar's config file, as a mounted ConfigMap volume would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -44,10 +45,8 @@ class ConfigMapVolume(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(0.5):
-            try:
+            with contextlib.suppress(RuntimeError):  # the API server was busy: next time
                 self.sync()
-            except RuntimeError:
-                pass
 
 
 def load(url: str, clients: int, seconds: float) -> threading.Thread:
