@@ -53,11 +53,14 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     )
     for name, field in SidecarSettings.model_fields.items():
         default = field.default
+        switch = isinstance(default, bool)  # --adaptive alone means true
         group.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             default=argparse.SUPPRESS,
-            metavar=name.upper() if not isinstance(default, bool) else None,
+            metavar=name.upper() if not switch else "true|false",
+            nargs="?" if switch else None,
+            const="true" if switch else None,
             help=f"{field.description} (default: {default})",
         )
     parser.add_argument("--config", type=Path, help="YAML or JSON settings file, reloaded live")

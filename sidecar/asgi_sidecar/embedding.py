@@ -34,12 +34,13 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from asgi_sidecar import __version__, kernel
+from asgi_sidecar.adapting import UPDATE_INTERVAL
 from asgi_sidecar.admin import AdminServer
 from asgi_sidecar.http1 import simple_response
 from asgi_sidecar.limiting import ConcurrencyLimiter
 from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
 from asgi_sidecar.reloading import ConfigWatcher
-from asgi_sidecar.serving import SWEEP_INTERVAL, open_listener
+from asgi_sidecar.serving import SWEEP_INTERVAL, adaptive_limit, open_listener
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
 from asgi_sidecar.tracking import Deadlines
@@ -61,8 +62,11 @@ class EmbeddedState:
     def __init__(self, settings: SidecarSettings) -> None:
         self.settings = settings
         self.stats = Stats()
+        self.adaptive = adaptive_limit(settings)
+        self._adapt_at = 0.0
         self.limiter: ConcurrencyLimiter[asyncio.Future[None]] = ConcurrencyLimiter(
-            settings.limit_concurrency, settings.queue_depth
+            self.adaptive.current if self.adaptive else settings.limit_concurrency,
+            settings.queue_depth,
         )
         self.connections: set[GuardedProtocol] = set()
         self.idle: Deadlines[GuardedProtocol] = Deadlines()
@@ -78,9 +82,8 @@ class EmbeddedState:
             log.warning("settings %s change only on restart; keeping the old values", ignored)
             new = new.model_copy(update={f: getattr(self.settings, f) for f in ignored})
         old, self.settings = self.settings, new
-        for waiter in self.limiter.reconfigure(new.limit_concurrency, new.queue_depth):
-            if not waiter.done():
-                waiter.set_result(None)
+        self.adaptive = adaptive_limit(new, self.adaptive)
+        self._reconfigure(self.adaptive.current if self.adaptive else new.limit_concurrency)
         if new.backlog != old.backlog and self.listener is not None:
             self.listener.listen(new.backlog)
             queue = kernel.listen_queue(self.listener)
@@ -96,9 +99,20 @@ class EmbeddedState:
     def sweep(self) -> None:
         """Every 0.1 s: answer 408 to clients whose headers are overdue."""
         loop = asyncio.get_running_loop()
-        for proto in self.heads.pop_expired(loop.time()):
+        now = loop.time()
+        for proto in self.heads.pop_expired(now):
             proto.header_timed_out()
+        if self.adaptive is not None and now >= self._adapt_at:
+            self._adapt_at = max(self._adapt_at, now - UPDATE_INTERVAL) + UPDATE_INTERVAL
+            limit = self.adaptive.update(now, self.limiter.in_flight)
+            if limit is not None:
+                self._reconfigure(limit)
         loop.call_later(SWEEP_INTERVAL, self.sweep)
+
+    def _reconfigure(self, limit: int | None) -> None:
+        for waiter in self.limiter.reconfigure(limit, self.settings.queue_depth):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def release(self) -> None:
         while True:
@@ -118,7 +132,7 @@ class EmbeddedState:
             connections_active=len(self.connections) - idle,
             connections_idle=idle,
             in_flight=self.limiter.in_flight,
-            concurrency_limit=settings.limit_concurrency,
+            concurrency_limit=self.limiter.limit,
             queue_length=self.limiter.queued,
             queue_depth=settings.queue_depth,
             backlog=settings.backlog,
@@ -132,6 +146,8 @@ class EmbeddedState:
             upstream_connections=0,
             upstream_idle=0,
             ready=self.ready,
+            adaptive_limit=self.adaptive.current if self.adaptive else None,
+            adaptive_baseline=self.adaptive.baseline if self.adaptive else None,
         )
 
 
@@ -185,7 +201,10 @@ class AdmissionMiddleware:
             await self.app(scope, receive, counting_send)
         finally:
             stats.requests[status] += 1
-            stats.request_duration.observe(monotonic() - started)
+            duration = monotonic() - started
+            stats.request_duration.observe(duration)
+            if state.adaptive is not None:
+                state.adaptive.record(duration, limiter.in_flight)
             state.release()
 
     async def _reject(self, send: Send, reason: str) -> None:

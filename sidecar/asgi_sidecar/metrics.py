@@ -44,6 +44,8 @@ class Gauges:
     upstream_connections: int
     upstream_idle: int
     ready: bool
+    adaptive_limit: int | None = None  # only with --adaptive
+    adaptive_baseline: float | None = None  # seconds; None until measured
 
 
 def _gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
@@ -138,6 +140,16 @@ class SidecarCollector(Collector):
             "asgi_concurrency_limit",
             "Current limit on requests in flight (+Inf when unlimited).",
             limit,
+        )
+        yield from _gauge(
+            "asgi_adaptive_limit",
+            "Concurrency limit set by the adaptive limit (only with adaptive on).",
+            g.adaptive_limit,
+        )
+        yield from _gauge(
+            "asgi_adaptive_baseline_seconds",
+            "No-load latency (median) the adaptive limit compares the current latency with.",
+            g.adaptive_baseline,
         )
         yield from _gauge("asgi_queue_length", "Requests waiting for a slot.", g.queue_length)
         yield from _gauge("asgi_queue_depth", "Capacity of the wait queue.", g.queue_depth)

@@ -537,7 +537,10 @@ class FrontConnection(asyncio.Protocol):
         stats = core.stats
         stats.requests[ex.status] += 1
         if ex.admitted:
-            stats.request_duration.observe(monotonic() - ex.started_at)
+            duration = monotonic() - ex.started_at
+            stats.request_duration.observe(duration)
+            if core.adaptive is not None:
+                core.adaptive.record(duration, core.limiter.in_flight)
             core.limiter_release()
         if ex.upstream is not None and ex.upstream.exchange is ex:
             ex.upstream.detach_client()

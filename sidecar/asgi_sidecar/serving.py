@@ -14,6 +14,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from asgi_sidecar import kernel
+from asgi_sidecar.adapting import UPDATE_INTERVAL, AdaptiveLimit
 from asgi_sidecar.limiting import ConcurrencyLimiter
 from asgi_sidecar.metrics import Gauges
 from asgi_sidecar.proxying import Exchange, FrontConnection
@@ -60,8 +61,11 @@ class ProxyCore:
         self.settings = settings
         self.loop = loop
         self.stats = Stats()
+        self.adaptive = adaptive_limit(settings)
+        self._adapt_at = 0.0
         self.limiter: ConcurrencyLimiter[Exchange] = ConcurrencyLimiter(
-            settings.limit_concurrency, settings.queue_depth
+            self.adaptive.current if self.adaptive else settings.limit_concurrency,
+            settings.queue_depth,
         )
         self.idle: Deadlines[FrontConnection] = Deadlines()
         self.heads: Deadlines[FrontConnection] = Deadlines()
@@ -157,7 +161,9 @@ class ProxyCore:
         if new.upstream_timeout < old.upstream_timeout:
             self.awaiting.unordered(now + old.upstream_timeout)
         self.keep_alive_header = keep_alive_header(new.timeout_keep_alive)
-        for ex in self.limiter.reconfigure(new.limit_concurrency, new.queue_depth):
+        self.adaptive = adaptive_limit(new, self.adaptive)
+        limit = self.adaptive.current if self.adaptive else new.limit_concurrency
+        for ex in self.limiter.reconfigure(limit, new.queue_depth):
             ex.client.admit(ex)
         if new.backlog != old.backlog and self.listener is not None and not self.stopping:
             # Linux resizes the accept queue of a listening socket in place.
@@ -275,6 +281,13 @@ class ProxyCore:
                     upstream.abort()
                     ex.client.upstream_failed(ex, 504, "timeout")
             self.pool.close_expired(now)
+            if self.adaptive is not None and now >= self._adapt_at:
+                # every 0.2 or 0.3 s, 0.25 s on average
+                self._adapt_at = max(self._adapt_at, now - UPDATE_INTERVAL) + UPDATE_INTERVAL
+                limit = self.adaptive.update(now, self.limiter.in_flight)
+                if limit is not None:
+                    for ex in self.limiter.reconfigure(limit, self.settings.queue_depth):
+                        ex.client.admit(ex)
         except Exception:  # pragma: no cover - a bug here must not stop future sweeps
             log.exception("deadline sweep failed")
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -292,7 +305,7 @@ class ProxyCore:
             connections_active=len(self.connections) - idle,
             connections_idle=idle,
             in_flight=self.limiter.in_flight,
-            concurrency_limit=settings.limit_concurrency,
+            concurrency_limit=self.limiter.limit,
             queue_length=self.limiter.queued,
             queue_depth=settings.queue_depth,
             backlog=settings.backlog,
@@ -306,7 +319,26 @@ class ProxyCore:
             upstream_connections=len(self.pool.open),
             upstream_idle=len(self.pool.idle),
             ready=self.ready,
+            adaptive_limit=self.adaptive.current if self.adaptive else None,
+            adaptive_baseline=self.adaptive.baseline if self.adaptive else None,
         )
+
+
+def adaptive_limit(
+    settings: SidecarSettings, old: AdaptiveLimit | None = None
+) -> AdaptiveLimit | None:
+    """The adaptive limit ``settings`` ask for, keeping ``old`` (and what it learnt) if any.
+
+    While adaptive stays on, a new ``limit_concurrency`` is ignored (it is only the
+    starting value); new bounds apply at once.
+    """
+    if not settings.adaptive:
+        return None
+    if old is None:
+        start = settings.limit_concurrency or settings.adaptive_max
+        return AdaptiveLimit(start, settings.adaptive_min, settings.adaptive_max)
+    old.set_bounds(settings.adaptive_min, settings.adaptive_max)
+    return old
 
 
 def _changes(old: SidecarSettings, new: SidecarSettings) -> str:

@@ -41,6 +41,15 @@ class SidecarLimits(BaseModel):
         extra="forbid",
         frozen=True,
         validate_default=True,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.adaptiveMin) || !has(self.adaptiveMax)"
+                    " || self.adaptiveMin <= self.adaptiveMax",
+                    "message": "adaptiveMin must not exceed adaptiveMax",
+                }
+            ]
+        },
     )
 
     timeout_keep_alive: Seconds = Field(
@@ -68,6 +77,27 @@ class SidecarLimits(BaseModel):
             " keep-alive connections never count. Excess requests wait in the queue or get"
             " 503 with Retry-After. null means no limit."
         ),
+    )
+    adaptive: bool = Field(
+        default=False,
+        description=(
+            "Adapt the concurrency limit to the application's latency every 0.25 s (proxy and"
+            " embedded mode): limit_concurrency is the starting value and the limit moves within"
+            " adaptive_min..adaptive_max, shrinking when latency rises above 1.25 times the"
+            " measured no-load latency and growing only while the limit is reached."
+        ),
+    )
+    adaptive_min: int = Field(
+        default=1,
+        ge=1,
+        le=1_000_000,
+        description="Lowest concurrency limit the adaptive limit may set.",
+    )
+    adaptive_max: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Highest concurrency limit the adaptive limit may set.",
     )
     queue_depth: int = Field(
         default=0,
@@ -151,6 +181,15 @@ class SidecarLimits(BaseModel):
             " so endpoints and load balancers stop sending new connections first."
         ),
     )
+
+    @model_validator(mode="after")
+    def _adaptive_bounds_ordered(self) -> SidecarLimits:
+        if self.adaptive_min > self.adaptive_max:
+            raise ValueError(
+                f"adaptive_min ({self.adaptive_min}) must not exceed"
+                f" adaptive_max ({self.adaptive_max})"
+            )
+        return self
 
 
 class SidecarSettings(SidecarLimits):

@@ -1,0 +1,261 @@
+"""The fast level of autotuning: a latency-driven concurrency limit (``--adaptive``).
+
+Pure: no asyncio, no clock, no I/O; callers pass times in.  The proxy calls
+``record`` once per admitted request when its response ends and ``update``
+every ``UPDATE_INTERVAL`` (0.25 s); a number returned by ``update`` is the new
+limit, applied with ``ConcurrencyLimiter.reconfigure`` (which admits queued
+waiters when it rises).
+
+Algorithm (a gradient controller like Envoy's adaptive concurrency filter, with
+the known failures of the anchors designed out):
+
+* **Sample.** Each window (the time between two ``update`` calls, extended until
+  it holds ``MIN_SAMPLES`` = 10 latencies, dropped after ``MAX_WINDOW`` = 2 s
+  without them) yields its median latency.  Latencies go into fixed log-spaced
+  buckets (16 per doubling, 10 us to ~3 min, 4.4 % resolution): O(1) per
+  request, bounded memory, no allocation; the median is read at update time.
+  A few slow or fast outliers cannot move a median.  ``record`` also takes the
+  number of requests in flight when the response ended, so each window knows
+  its mean and peak load.
+
+* **Baseline** (the app's latency without queueing).  Envoy measures it by
+  pinning the limit low for ~50 requests every ~10 s, which users see as 503
+  bursts; there is no such probe here.  Instead:
+
+  - the *knee estimate* is the highest load (mean in flight) of a window whose
+    latency was within ``FLAT_TOLERANCE`` (10 %) of the baseline, either way; it
+    decays by 0.05 % a window (about 11 % a minute) so a noisy overestimate
+    cannot stay;
+  - a window is a baseline *candidate* only if its latency was flat at a load
+    up to the knee, or higher at a load up to half the knee (``RISE_LOAD``: a
+    knee that moved down must not pass for a slower app), or below the baseline
+    at any load (direct evidence the baseline is too high).  Windows past the
+    knee -- where queueing inside the app inflates latency -- never feed the
+    baseline, so sustained overload cannot ratchet it (and with it the limit)
+    upwards, which is Gradient2's "grows without bound under mild overload";
+  - candidates are grouped in epochs of ``EPOCH_WINDOWS`` = 4 windows (1 s); an
+    epoch with at least 3 candidates contributes the upper median of them (so
+    up to half its windows can be outliers, high or low);
+  - the baseline is a windowed minimum over the epochs of the last
+    ``BASELINE_HORIZON`` = 5 s: the lowest of two, the second lowest of three
+    or more, so one whole outlier epoch cannot poison it.  A lone epoch may
+    raise it (its windows were at low load) but not lower it (one second of
+    fast errors is no baseline).  Epochs expire, so an app that became
+    permanently slower is re-baselined within a few seconds once the shrinking
+    limit brings the load under half the knee (in the tests: a 2x slower app
+    dips to about a third of the knee for ~3 s, then settles back); when no
+    epoch is fresh (steady overload) the last baseline is kept, never
+    forgotten.
+
+* **Gradient.** ``g = clamp(baseline * (1 + BUFFER) / sample, 0.5, 2.0)`` with
+  ``BUFFER`` = 0.25: latency up to 25 % above the baseline is tolerated (it
+  also absorbs the noise of comparing a median with a minimum).  ``g > 1``
+  (growth) counts only when the limit was *binding* -- the window's peak in
+  flight reached 90 % of the limit -- so an idle service never inflates its
+  limit, and a service just past its knee does not keep growing.  Decreases
+  always count.
+
+* **Step.** ``target = limit * g``, plus headroom ``sqrt(limit * g)`` only when
+  growing (Envoy's headroom, which speeds up warm-up from a low limit; adding
+  it on decreases too would settle the limit ~15 % further past the knee).  The
+  limit moves by ``SMOOTHING`` = 0.2 of the way to the target (an EWMA: at most
+  -10 % or about +25 % per window) and is clamped to ``[minimum, maximum]``.
+  Under saturation it settles where latency is ``1 + BUFFER`` times the
+  baseline, i.e. just past the knee.
+
+Limitations: an app that became *faster* keeps the old baseline until its load
+falls under the knee, so the limit grows until latency is 1.25 times the old
+baseline again -- no more queueing in the app than before, but no gain either.
+The first baseline comes from the first windows, so if the very first traffic
+already overloads the app it starts high; it corrects the first time load falls
+(a lower latency is always accepted).  Pods normally get traffic gradually after
+turning ready.
+
+Defaults in one place: window 0.25 s, >= 10 samples, buffer 0.25, gradient in
+[0.5, 2], headroom sqrt when growing, smoothing 0.2, binding at 90 % of the
+limit, baseline epochs 1 s over 5 s.  The limit's bounds are settings
+(``adaptive_min``, ``adaptive_max``) that the operator's slow loop may move.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import insort
+from collections import deque
+
+UPDATE_INTERVAL = 0.25  # seconds between two update() calls
+MIN_SAMPLES = 10  # a window with fewer latencies makes no decision
+MAX_WINDOW = 2.0  # seconds a window may be extended to collect MIN_SAMPLES
+BUFFER = 0.25  # tolerated latency above the baseline
+GRADIENT_MIN = 0.5
+GRADIENT_MAX = 2.0
+SMOOTHING = 0.2  # EWMA weight of a new target
+BINDING = 0.9  # peak in flight / limit from which the limit counts as binding
+FLAT_TOLERANCE = 0.10  # a window within this of the baseline is "flat" (below the knee)
+KNEE_DECAY = 0.0005  # per window: about 11 % a minute
+RISE_LOAD = 0.5  # a higher latency re-baselines only at loads up to this x the knee
+EPOCH_WINDOWS = 4
+EPOCH_MIN_CANDIDATES = 3
+BASELINE_HORIZON = 5.0  # seconds an epoch's baseline value stays authoritative
+
+# Latency buckets: 16 per doubling from 10 us; the last one takes everything above.
+_FLOOR = 1e-5
+_PER_DOUBLING = 16
+_BUCKETS = _PER_DOUBLING * 24  # up to 10 us * 2**24 = 168 s
+_RATIO = 2.0 ** (1.0 / _PER_DOUBLING)
+
+
+def _bucket_value(index: int) -> float:
+    """Geometric middle of a bucket."""
+    return float(_FLOOR * _RATIO ** (index + 0.5))
+
+
+class AdaptiveLimit:
+    """A concurrency limit that follows the app's latency; see the module docstring."""
+
+    __slots__ = (
+        "_buckets",
+        "_candidates",
+        "_count",
+        "_epoch_windows",
+        "_epochs",
+        "_load_sum",
+        "_peak",
+        "_reported",
+        "_window_start",
+        "baseline",
+        "knee",
+        "limit",
+        "maximum",
+        "minimum",
+    )
+
+    def __init__(self, initial: int, minimum: int = 1, maximum: int = 1000) -> None:
+        if not 1 <= minimum <= maximum:
+            raise ValueError("need 1 <= minimum <= maximum")
+        self.minimum = minimum
+        self.maximum = maximum
+        self.limit = float(min(max(initial, minimum), maximum))
+        self.baseline: float | None = None  # seconds
+        self.knee = 0.0  # requests in flight
+        self._buckets = [0] * (_BUCKETS + 1)
+        self._count = 0
+        self._load_sum = 0
+        self._peak = 0
+        self._window_start: float | None = None
+        self._candidates: list[float] = []  # baseline candidates of the current epoch
+        self._epoch_windows = 0
+        self._epochs: deque[tuple[float, float]] = deque()  # (time, value)
+        self._reported = round(self.limit)
+
+    @property
+    def current(self) -> int:
+        """The limit as the limiter applies it."""
+        return self._reported
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def record(self, latency: float, in_flight: int) -> None:
+        """An admitted request ended after ``latency`` s with ``in_flight`` (itself included)."""
+        if latency > _FLOOR:
+            index = int(math.log2(latency / _FLOOR) * _PER_DOUBLING)
+            self._buckets[index if index < _BUCKETS else _BUCKETS] += 1
+        else:
+            self._buckets[0] += 1
+        self._count += 1
+        self._load_sum += in_flight
+        self._peak = max(self._peak, in_flight)
+
+    # -- every UPDATE_INTERVAL --------------------------------------------------------------
+
+    def set_bounds(self, minimum: int, maximum: int) -> int | None:
+        """New bounds (a live reload); returns the new limit if clamping changed it."""
+        if not 1 <= minimum <= maximum:
+            raise ValueError("need 1 <= minimum <= maximum")
+        self.minimum, self.maximum = minimum, maximum
+        self.limit = min(max(self.limit, minimum), maximum)
+        return self._report()
+
+    def update(self, now: float, in_flight: int) -> int | None:
+        """Close the window if it holds enough samples; returns a new limit or None."""
+        if self._window_start is None:
+            self._window_start = now
+        count = self._count
+        if count < MIN_SAMPLES:
+            if now - self._window_start >= MAX_WINDOW:
+                self._reset(now)
+            return None
+        sample = self._median()
+        load = self._load_sum / count
+        peak = max(self._peak, in_flight)
+        self._reset(now)
+        self._learn_baseline(now, sample, load)
+        baseline = self.baseline
+        assert baseline is not None
+        gradient = min(max(baseline * (1.0 + BUFFER) / sample, GRADIENT_MIN), GRADIENT_MAX)
+        limit = self.limit
+        if gradient > 1.0 and peak < BINDING * limit:
+            gradient = 1.0  # not binding: no evidence that more would be used
+        target = limit * gradient
+        if gradient > 1.0:
+            target += math.sqrt(target)
+        limit += SMOOTHING * (target - limit)
+        self.limit = min(max(limit, float(self.minimum)), float(self.maximum))
+        return self._report()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _report(self) -> int | None:
+        new = min(max(round(self.limit), self.minimum), self.maximum)
+        if new == self._reported:
+            return None
+        self._reported = new
+        return new
+
+    def _reset(self, now: float) -> None:
+        buckets = self._buckets
+        for i in range(len(buckets)):
+            buckets[i] = 0
+        self._count = 0
+        self._load_sum = 0
+        self._peak = 0
+        self._window_start = now
+
+    def _median(self) -> float:
+        half = (self._count + 1) // 2
+        seen = 0
+        for index, n in enumerate(self._buckets):
+            seen += n
+            if seen >= half:
+                return _bucket_value(index)
+        return _bucket_value(_BUCKETS)  # pragma: no cover - counts always add up
+
+    def _learn_baseline(self, now: float, sample: float, load: float) -> None:
+        baseline = self.baseline
+        if baseline is None:
+            self.baseline = sample
+            self.knee = load
+            return
+        if baseline * (1.0 - FLAT_TOLERANCE) <= sample <= baseline * (1.0 + FLAT_TOLERANCE):
+            self.knee = max(self.knee, load)  # still flat at this load
+        else:
+            self.knee *= 1.0 - KNEE_DECAY
+        flat = sample <= baseline * (1.0 + FLAT_TOLERANCE)
+        if (load <= self.knee and flat) or load <= RISE_LOAD * self.knee or sample < baseline:
+            insort(self._candidates, sample)
+        self._epoch_windows += 1
+        if self._epoch_windows >= EPOCH_WINDOWS:
+            if len(self._candidates) >= EPOCH_MIN_CANDIDATES:
+                self._epochs.append((now, self._candidates[len(self._candidates) // 2]))
+            self._candidates = []
+            self._epoch_windows = 0
+        epochs = self._epochs
+        while epochs and epochs[0][0] < now - BASELINE_HORIZON:
+            epochs.popleft()
+        if len(epochs) >= 2:
+            values = sorted(value for _, value in epochs)
+            self.baseline = values[1] if len(values) >= 3 else values[0]
+        elif epochs and epochs[0][1] > baseline:
+            # One epoch may raise the baseline (its higher values come from loads of at
+            # most half the knee) but not lower it: a second of fast errors is no baseline.
+            self.baseline = epochs[0][1]
