@@ -47,6 +47,7 @@ class Snapshot:
     connections_idle: float = 0.0
     max_connections: float | None = None
     reused: float = 0.0
+    accept_queue_full_seconds: float = 0.0
 
     @property
     def duration_count(self) -> float:
@@ -119,6 +120,7 @@ def snapshot_from_samples(samples: Iterable[Sample], at: float) -> Snapshot:
         connections_idle=idle,
         max_connections=_finite(values.get("asgi_max_connections", math.inf)),
         reused=values.get("asgi_keepalive_reused_requests_total", 0.0),
+        accept_queue_full_seconds=values.get("asgi_accept_queue_full_seconds_total", 0.0),
     )
 
 
@@ -198,10 +200,13 @@ def observe(before: Mapping[str, Snapshot], after: Mapping[str, Snapshot]) -> Ob
     reused = sum(a.reused - b.reused for b, a in pairs)
     effective = [a.backlog_effective for a in latest if a.backlog_effective is not None]
     caps = [a.max_connections for a in latest if a.max_connections is not None]
+    # Little's law undercounts when requests outlast the interval or are abandoned; the
+    # gauge read at both ends of the interval bounds it from the other side.
+    gauge = sum(a.in_flight + b.in_flight for b, a in pairs) / 2 / n
     return Observation(
         limit=round(max(limits)) if limits else None,
         throughput=admitted / seconds / n,
-        in_flight=busy / seconds / n,
+        in_flight=max(busy / seconds / n, gauge),
         p50=quantile(durations, 0.5),
         p99=quantile(durations, 0.99),
         rejected_ratio=rejected / requests if requests > 0 else 0.0,
@@ -209,6 +214,11 @@ def observe(before: Mapping[str, Snapshot], after: Mapping[str, Snapshot]) -> Ob
         / seconds
         / n,
         accept_queue_peak=max(a.accept_queue for a in latest),
+        accept_queue_full=sum(
+            a.accept_queue_full_seconds - b.accept_queue_full_seconds for b, a in pairs
+        )
+        / seconds
+        / n,
         backlog_effective=round(min(effective)) if effective else None,
         keep_alive=keep_alive,
         idle_closes=sum(a.idle_closes - b.idle_closes for b, a in pairs) / seconds / n,

@@ -27,8 +27,9 @@ requests in flight that still run at the baseline latency, plus ``BUFFER``.
 Changes below ``HYSTERESIS`` are not made; steps are bounded to x``MAX_UP`` and
 x``MAX_DOWN`` per interval; everything stays within the AsgiServer's bounds.
 
-**backlog** doubles (within the ceiling) when the namespace's listen overflows
-rise or the accept queue runs near the effective backlog; it needs new Pods
+**backlog** doubles (within the ceiling) when the sidecar's own accept queue runs
+nearly full (ListenOverflows are namespace-wide and count the app's listener too,
+so they are only reported alongside); it needs new Pods
 when it passes somaxconn, so at most one such rollout per ``ROLLOUT_COOLDOWN``
 intervals, and only in a sysctl mode that can raise somaxconn.
 
@@ -75,6 +76,7 @@ class Observation:
     rejected_ratio: float = 0.0  # 503 rejections / requests
     listen_overflows: float = 0.0  # per second, Pods' network namespaces
     accept_queue_peak: float = 0.0  # connections waiting to be accepted, highest Pod
+    accept_queue_full: float = 0.0  # share of the time the sidecar's accept queue was ~full
     backlog_effective: int | None = None
     keep_alive: float = 75.0  # timeout in effect
     idle_closes: float = 0.0  # idle-timeout closes per second per Pod
@@ -156,12 +158,29 @@ def decide_limit(history: Sequence[Observation], limit: int, bounds: Bounds) -> 
         return limit, "no traffic in the last interval: holding"
     now = window[-1]
     assert now.p50 is not None
-    if not saturated(now):
-        return limit, "the limit is not binding (no rejections, in-flight below it): holding"
-    busy = [o for o in window if saturated(o)]
+    busy = [o for o in window if saturated(o)] or [now]
     baseline = min(o.p50 for o in window if o.p50)
-    best = max(o.throughput for o in busy)
-    trusted = any(o.throughput < THROUGHPUT_SHORT * best and (o.limit or 0) < limit for o in busy)
+    top = max(busy, key=lambda o: o.throughput)
+    best = top.throughput
+    # Proof the baseline was measured below the knee: a lower limit lost throughput.
+    trusted = any(
+        o.throughput < THROUGHPUT_SHORT * best and (o.limit or 0) < (top.limit or 0) for o in busy
+    )
+    if not saturated(now):
+        ratio = now.p50 / baseline
+        if trusted and ratio > 1 + TOLERANCE:
+            # Not binding, yet latency is well above the baseline: requests queue inside
+            # the app. A limit near the knee protects the latency of admitted requests.
+            knee = now.in_flight / ratio
+            target = min(knee * (1 + BUFFER), limit * (1 - HYSTERESIS))
+            return _apply(
+                limit,
+                max(target, limit * MAX_DOWN),
+                bounds,
+                f"p50 {ratio:.1f}x the baseline with {now.in_flight:.0f} in flight, below the"
+                f" limit: requests queue in the app; the knee is about {knee:.0f}",
+            )
+        return limit, "the limit is not binding (no rejections, in-flight below it): holding"
     prev = window[-2] if len(window) > 1 else None
     ratio = now.p50 / baseline
     decreased = prev is not None and (now.limit or 0) < 0.95 * (prev.limit or 0)
@@ -215,20 +234,24 @@ def decide_limit(history: Sequence[Observation], limit: int, bounds: Bounds) -> 
             bounds,
             f"rejecting at baseline latency; the knee is about {min(uppers):.0f}: rising to it",
         )
+    if not trusted:
+        # The baseline was only ever measured with the limit full: it may include queueing
+        # inside the app (a poisoned minimum). Going down shows which: throughput holds
+        # past the knee and falls below it. Going up first would learn nothing.
+        start = min(limit, max(now.in_flight, bounds.limit_min))
+        return _apply(
+            limit,
+            start * PROBE_DOWN,
+            bounds,
+            "rejecting, but the baseline latency was only seen with the limit full:"
+            " probing lower to find the knee",
+        )
     if limit < bounds.limit_max:
         return _apply(
             limit,
             limit * MAX_UP,
             bounds,
             "rejecting while latency stays at the baseline: below the knee, rising",
-        )
-    if not trusted:
-        return _apply(
-            limit,
-            limit * PROBE_DOWN,
-            bounds,
-            "at the upper bound with the baseline latency only seen under saturation:"
-            " probing lower",
         )
     return limit, "at the upper bound: holding"
 
@@ -249,16 +272,18 @@ def decide_backlog(
 ) -> tuple[int, str] | None:
     now = history[-1]
     effective = now.backlog_effective or current.backlog
-    pressure = now.listen_overflows > 0 or now.accept_queue_peak >= 0.8 * effective
+    # ListenOverflows count every listener of the Pod's network namespace (the app's too),
+    # so only the sidecar's own accept queue decides; overflows are reported alongside.
+    pressure = now.accept_queue_full > 0 or now.accept_queue_peak >= 0.8 * effective
     if not pressure:
         return None
     new = min(current.backlog * 2, bounds.backlog_max)
     if new <= current.backlog:
         return None
     why = (
-        f"{now.listen_overflows:.1f} listen overflows/s"
-        if now.listen_overflows > 0
-        else f"accept queue reached {now.accept_queue_peak:.0f} of {effective}"
+        f"the accept queue was nearly full {now.accept_queue_full:.0%} of the time"
+        f" (peak {now.accept_queue_peak:.0f} of {effective});"
+        f" {now.listen_overflows:.1f} listen overflows/s in the namespace"
     )
     needs_pods = current.somaxconn is None or new > current.somaxconn
     if needs_pods and not current.can_raise_somaxconn and current.somaxconn is not None:

@@ -177,6 +177,11 @@ class SidecarCollector(Collector):
             "Connections in the public socket's accept queue, not yet accepted.",
             g.accept_queue,
         )
+        yield CounterMetricFamily(
+            "asgi_accept_queue_full_seconds",
+            "Time the public socket's accept queue was at least 90% full (sampled every 0.1 s).",
+            value=s.accept_queue_full_seconds,
+        )
         yield from _gauge(
             "asgi_net_core_somaxconn",
             "net.core.somaxconn of the Pod's network namespace.",

@@ -31,6 +31,7 @@ log = logging.getLogger("asgi_sidecar")
 SWEEP_INTERVAL = 0.1  # seconds; every deadline is honoured to within this
 ACCEPT_BATCH = 64
 ACCEPT_ERROR_PAUSE = 0.1
+ACCEPT_QUEUE_FULL = 0.9  # share of the effective backlog that counts as "nearly full"
 
 
 def open_listener(host: str, port: int, backlog: int) -> socket.socket:
@@ -281,6 +282,7 @@ class ProxyCore:
                     upstream.abort()
                     ex.client.upstream_failed(ex, 504, "timeout")
             self.pool.close_expired(now)
+            self._watch_accept_queue()
             if self.adaptive is not None and now >= self._adapt_at:
                 # every 0.2 or 0.3 s, 0.25 s on average
                 self._adapt_at = max(self._adapt_at, now - UPDATE_INTERVAL) + UPDATE_INTERVAL
@@ -291,6 +293,15 @@ class ProxyCore:
         except Exception:  # pragma: no cover - a bug here must not stop future sweeps
             log.exception("deadline sweep failed")
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _watch_accept_queue(self) -> None:
+        """Count time the accept queue runs nearly full: a backlog signal that, unlike the
+        namespace-wide ListenOverflows, belongs to this socket alone."""
+        if self.listener is None or self.listener.fileno() < 0:
+            return
+        queue = kernel.listen_queue(self.listener)
+        if queue is not None and queue[1] and queue[0] >= ACCEPT_QUEUE_FULL * queue[1]:
+            self.stats.accept_queue_full_seconds += SWEEP_INTERVAL
 
     # -- figures ----------------------------------------------------------------------------
 

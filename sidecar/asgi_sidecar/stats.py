@@ -62,6 +62,7 @@ class Stats:
     rejected: Counter[str] = field(default_factory=Counter)
     upstream_errors: Counter[str] = field(default_factory=Counter)
     keepalive_reused: int = 0
+    accept_queue_full_seconds: float = 0.0
     config_reloads: Counter[str] = field(default_factory=Counter)
     request_duration: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
     queue_wait: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))

@@ -45,15 +45,16 @@ def test_parse_reads_the_sidecar_exposition():
 
 def test_observe_computes_per_pod_rates_and_latency():
     before, after = {}, {}
+    idle_gauge = replace(GAUGES, in_flight=0)
     for pod in ("a", "b"):
         stats = Stats()
-        before[pod] = parse_metrics(text(stats), at=0.0)
+        before[pod] = parse_metrics(text(stats, idle_gauge), at=0.0)
         for _ in range(300):  # 10 admitted requests/s over 30 s, 20 ms each
             stats.request_duration.observe(0.02)
             stats.requests[200] += 1
         stats.requests[503] += 100
         stats.rejected["queue_full"] += 100
-        after[pod] = parse_metrics(text(stats), at=30.0)
+        after[pod] = parse_metrics(text(stats, idle_gauge), at=30.0)
     o = observe(before, after)
     assert o.pods == 2
     assert o.throughput == 10.0
@@ -62,6 +63,9 @@ def test_observe_computes_per_pod_rates_and_latency():
     assert o.rejected_ratio == 0.25
     assert o.limit == 50
     assert o.stale is None
+    # requests that outlast the interval: the gauge bounds Little's law from below
+    busy = {p: replace(s, in_flight=40.0) for p, s in after.items()}
+    assert observe(before, busy).in_flight == 20.0  # (0 + 40) / 2
 
 
 def test_restarted_or_missing_pods_make_the_observation_stale():

@@ -199,9 +199,15 @@ def test_keep_alive_falls_when_idle_connections_crowd_the_cap():
 def test_backlog_grows_only_on_overflows_and_once_per_cooldown():
     calm = Observation(limit=100, throughput=100, in_flight=5, p50=0.05, backlog_effective=2048)
     assert decide([calm], Current(100, 2048, 75, 4096, True), Bounds()).backlog == 2048
-    overflowing = Observation(
+    app_overflows = Observation(
         limit=100, throughput=100, in_flight=5, p50=0.05, listen_overflows=12.0,
         backlog_effective=2048,
+    )  # fmt: skip
+    # overflows with the sidecar's own queue empty are another listener's (the app's)
+    assert decide([app_overflows], Current(100, 2048, 75, 4096, True), Bounds()).backlog == 2048
+    overflowing = Observation(
+        limit=100, throughput=100, in_flight=5, p50=0.05, listen_overflows=12.0,
+        accept_queue_full=0.3, backlog_effective=2048,
     )  # fmt: skip
     first = decide([overflowing], Current(100, 2048, 75, 2048, True), Bounds())
     assert first.backlog == 4096

