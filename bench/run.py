@@ -1,6 +1,6 @@
 """Benchmarks of asgi-sidecar against its peers (nginx, plain uvicorn), one Markdown table each.
 
-Usage: ``python bench/run.py all|ceiling|app|embedded|overload|idle|operator``.
+Usage: ``python bench/run.py all|ceiling|app|embedded|overload|idle|operator|autotune``.
 
 Every process (nginx with generated configs, uvicorn, the sidecar) is started
 here on free loopback ports, pinned with taskset, and stopped by PID when its
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import autotune
 import idle
 import nginx
 import operator_bench
@@ -39,6 +40,7 @@ SCENARIOS: dict[str, Scenario] = {
     "overload": overload.overload,
     "idle": idle.idle,
     "operator": operator_bench.operator,
+    "autotune": autotune.autotune,
 }
 
 
