@@ -220,6 +220,19 @@ def decide_limit(history: Sequence[Observation], limit: int, bounds: Bounds) -> 
         target = min(uppers) * (1 + BUFFER)
         if limit >= target / (1 + HYSTERESIS):
             if trusted:
+                # Latency says "knee", but if a higher limit served clearly more, the
+                # estimate is too low (a proxy hop or I/O pauses hide idle app time).
+                enough = [
+                    o.limit for o in busy if o.limit and o.throughput >= THROUGHPUT_HELD * best
+                ]
+                if now.throughput < THROUGHPUT_HELD * best and enough and min(enough) > limit:
+                    return _apply(
+                        limit,
+                        min(limit * MAX_UP, *enough),
+                        bounds,
+                        f"throughput {now.throughput:.0f}/s is short of the {best:.0f}/s a"
+                        f" limit of {min(enough)} served: rising towards it",
+                    )
                 return limit, f"at the knee (about {min(uppers):.0f} in flight): holding"
             return _apply(
                 limit,

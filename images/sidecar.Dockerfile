@@ -1,0 +1,29 @@
+# The asgi-sidecar image: the proxy (uvloop + httptools), `asgi-sidecar sysctl` for the
+# operator's init container, and `serve` for embedded mode.  Build from the repository root:
+#   docker build -f images/sidecar.Dockerfile -t asgi-dev/asgi-sidecar:0.1.0 .
+# Runs as uid 65532 (the operator's SIDECAR_USER) with a read-only root filesystem: the
+# bytecode is compiled at build time and nothing is written at run time.
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY sidecar ./sidecar
+COPY operator ./operator
+# A wheel of this repository, installed (base dependencies only) into a venv that the
+# final stage copies; pip byte-compiles the venv.
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir /wheels/asgi_operator-*.whl \
+    && /opt/venv/bin/python -c "import uvloop, httptools, asgi_sidecar.cli"
+
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY --from=build /opt/venv /opt/venv
+USER 65532:65532
+# 8080: public traffic (AsgiServer spec.port); 9090: /metrics, /healthz, /readyz (spec.metricsPort).
+EXPOSE 8080 9090
+ENTRYPOINT ["asgi-sidecar"]
+CMD ["proxy"]
