@@ -59,6 +59,7 @@ SATURATED_REJECTIONS = 0.005  # 0.5% of requests refused means the limit binds
 SATURATED_IN_FLIGHT = 0.85  # or in-flight near the limit
 THROUGHPUT_HELD = 0.95
 THROUGHPUT_SHORT = 0.9
+REGIME_CHANGE = 0.25  # throughput at the same limit changed by this much: capacity changed
 ROLLOUT_COOLDOWN = 10  # intervals between two backlog rollouts
 KEEP_ALIVE_STEP = 1.5
 KEEP_ALIVE_COOLDOWN = 2
@@ -156,6 +157,7 @@ def decide_limit(history: Sequence[Observation], limit: int, bounds: Bounds) -> 
     window = [o for o in history[-WINDOW:] if o.p50 and o.throughput > 0 and o.limit]
     if not window or window[-1] is not history[-1]:
         return limit, "no traffic in the last interval: holding"
+    window = window[_regime_start(window) :]
     now = window[-1]
     assert now.p50 is not None
     busy = [o for o in window if saturated(o)] or [now]
@@ -195,6 +197,15 @@ def decide_limit(history: Sequence[Observation], limit: int, bounds: Bounds) -> 
     if ratio > 1 + TOLERANCE:
         knee = now.in_flight / ratio
         target = _clamp(knee * (1 + BUFFER), limit * MAX_DOWN, limit * (1 - HYSTERESIS))
+        there = round(target)
+        tried = [o.throughput for o in busy if o.limit and 0.9 * there <= o.limit <= 1.1 * there]
+        if trusted and tried and max(tried) < THROUGHPUT_HELD * best:
+            # That lower limit was tried and served clearly less: latency rises here
+            # because the app is kept busy, not because it is overloaded. Hold.
+            return limit, (
+                f"p50 {ratio:.1f}x the baseline, but a limit of {there} served only"
+                f" {max(tried):.0f}/s of {best:.0f}/s before: holding"
+            )
         return _apply(
             limit,
             target,
@@ -267,6 +278,21 @@ def decide_limit(history: Sequence[Observation], limit: int, bounds: Bounds) -> 
             "rejecting while latency stays at the baseline: below the knee, rising",
         )
     return limit, "at the upper bound: holding"
+
+
+def _regime_start(window: Sequence[Observation]) -> int:
+    """Index where the app's capacity last changed: the same limit serving a quarter more
+    or less than it did before.  What was learned before then no longer holds."""
+    start = 0
+    for i, o in enumerate(window):
+        for earlier in window[start:i]:
+            same_limit = o.limit and earlier.limit and abs(o.limit - earlier.limit) <= 0.1 * o.limit
+            if same_limit and saturated(o) and saturated(earlier):
+                change = o.throughput / earlier.throughput
+                if change < 1 - REGIME_CHANGE or change > 1 / (1 - REGIME_CHANGE):
+                    start = i
+                    break
+    return start
 
 
 def _apply(limit: int, target: float, bounds: Bounds, reason: str) -> tuple[int, str]:
