@@ -203,10 +203,13 @@ def observe(before: Mapping[str, Snapshot], after: Mapping[str, Snapshot]) -> Ob
     # Little's law undercounts when requests outlast the interval or are abandoned; the
     # gauge read at both ends of the interval bounds it from the other side.
     gauge = sum(a.in_flight + b.in_flight for b, a in pairs) / 2 / n
+    in_flight = max(busy / seconds / n, gauge)
+    if limits:  # requests admitted long ago and still finishing cannot push it past the limit
+        in_flight = min(in_flight, max(limits))
     return Observation(
         limit=round(max(limits)) if limits else None,
         throughput=admitted / seconds / n,
-        in_flight=max(busy / seconds / n, gauge),
+        in_flight=in_flight,
         p50=quantile(durations, 0.5),
         p99=quantile(durations, 0.99),
         rejected_ratio=rejected / requests if requests > 0 else 0.0,

@@ -222,10 +222,12 @@ def decide_limit(history: Sequence[Observation], limit: int, bounds: Bounds) -> 
                 "throughput held with fewer requests in flight and the baseline is not yet"
                 " proven: probing lower",
             )
+    # Knee estimates from intervals past the knee; only once the baseline is proven, since
+    # a poisoned baseline makes them meaningless.
     uppers = [
         (o.in_flight * baseline / o.p50)
         for o in busy
-        if o.p50 and o.p50 / baseline > 1 + TOLERANCE and (o.limit or 0) > limit
+        if trusted and o.p50 and o.p50 / baseline > 1 + TOLERANCE and (o.limit or 0) > limit
     ]
     if uppers:
         target = min(uppers) * (1 + BUFFER)
