@@ -313,7 +313,7 @@ def test_pod_security_baseline_namespace_is_reported(cluster, operator, namespac
     assert degraded["status"] == "True"
 
 
-def test_peering_pauses_the_lower_priority_operator(cluster, tmp_path):
+def test_peering_pauses_the_lower_priority_operator_until_the_higher_leaves(cluster, tmp_path):
     cluster.kubectl("apply", "-f", str(ROOT / "crds" / "kopf-peering.yaml"))
     cluster.kubectl(
         "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=30s"
@@ -337,11 +337,34 @@ def test_peering_pauses_the_lower_priority_operator(cluster, tmp_path):
                         command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
                     )
                 )
-        eventually(
-            lambda: "Pausing operations in favour of" in (tmp_path / "op-10.log").read_text(),
-            what="the low-priority operator pauses",
-        )
-        assert "Pausing operations" not in (tmp_path / "op-100.log").read_text()
+            # The high-priority operator is registered before the low one starts, so the
+            # low one meets it at once instead of racing it.
+            eventually(
+                lambda p=priority: any(
+                    isinstance(peer, dict) and peer.get("priority") == p
+                    for peer in (
+                        cluster.get_json("clusterkopfpeering", "ha").get("status") or {}
+                    ).values()
+                ),
+                what=f"the operator with priority {priority} in the peering object",
+            )
+
+        # The low-priority operator starts paused, as it meets a higher peer at once; it
+        # resumes only when that peer leaves (kopf logs the transition): a failover.
+        low_log = tmp_path / "op-10.log"
+        time.sleep(3)
+        assert "Resuming operations" not in low_log.read_text()
+        stop(procs[0])
+
+        def resumed() -> bool:
+            return "Resuming operations after the pause" in low_log.read_text()
+
+        try:
+            eventually(resumed, what="the low-priority operator resumes after the high one left")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\nlow-priority log:\n{low_log.read_text()[-3000:]}"
+            ) from None
     finally:
         for proc in procs:
             stop(proc)
