@@ -33,14 +33,21 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from asgi_sidecar import __version__, kernel
+from asgi_sidecar import __version__
 from asgi_sidecar.adapting import UPDATE_INTERVAL
 from asgi_sidecar.admin import AdminServer
 from asgi_sidecar.http1 import simple_response
 from asgi_sidecar.limiting import ConcurrencyLimiter
 from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
 from asgi_sidecar.reloading import ConfigWatcher
-from asgi_sidecar.serving import SWEEP_INTERVAL, adaptive_limit, open_listener
+from asgi_sidecar.serving import (
+    SWEEP_INTERVAL,
+    adaptive_limit,
+    live_settings,
+    measure_backlog,
+    open_listener,
+    read_gauges,
+)
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
 from asgi_sidecar.tracking import Deadlines
@@ -77,17 +84,13 @@ class EmbeddedState:
         self.effective_backlog = settings.backlog
 
     def apply(self, new: SidecarSettings) -> None:
-        ignored = self.settings.restart_only_changes(new)
-        if ignored:
-            log.warning("settings %s change only on restart; keeping the old values", ignored)
-            new = new.model_copy(update={f: getattr(self.settings, f) for f in ignored})
+        new = live_settings(self.settings, new)
         old, self.settings = self.settings, new
         self.adaptive = adaptive_limit(new, self.adaptive)
         self._reconfigure(self.adaptive.current if self.adaptive else new.limit_concurrency)
         if new.backlog != old.backlog and self.listener is not None:
             self.listener.listen(new.backlog)
-            queue = kernel.listen_queue(self.listener)
-            self.effective_backlog = queue[1] if queue else new.backlog
+            self.effective_backlog = measure_backlog(self.listener, new.backlog)
         keep_alive = int(max(1, new.timeout_keep_alive))
         if self.config is not None:
             self.config.timeout_keep_alive = keep_alive  # for connections opened from now on
@@ -124,30 +127,15 @@ class EmbeddedState:
             waiter.set_result(None)
 
     def gauges(self) -> Gauges:
-        settings = self.settings
-        queue = kernel.listen_queue(self.listener) if self.listener is not None else None
-        overflows = kernel.listen_overflows()
-        idle = len(self.idle)
-        return Gauges(
-            connections_active=len(self.connections) - idle,
-            connections_idle=idle,
-            in_flight=self.limiter.in_flight,
-            concurrency_limit=self.limiter.limit,
-            queue_length=self.limiter.queued,
-            queue_depth=settings.queue_depth,
-            backlog=settings.backlog,
-            backlog_effective=self.effective_backlog,
-            accept_queue=queue[0] if queue else None,
-            listen_overflows=overflows[0] if overflows else None,
-            listen_drops=overflows[1] if overflows else None,
-            somaxconn=kernel.read_somaxconn(),
-            keep_alive_timeout=settings.timeout_keep_alive,
-            max_connections=settings.max_connections,
-            upstream_connections=0,
-            upstream_idle=0,
+        return read_gauges(
+            self.settings,
+            listener=self.listener,
+            effective_backlog=self.effective_backlog,
+            connections=len(self.connections),
+            idle=len(self.idle),
+            limiter=self.limiter,
+            adaptive=self.adaptive,
             ready=self.ready,
-            adaptive_limit=self.adaptive.current if self.adaptive else None,
-            adaptive_baseline=self.adaptive.baseline if self.adaptive else None,
         )
 
 
@@ -367,14 +355,7 @@ async def run_embedded(
     state.sweep()
     listener = open_listener(settings.host, settings.port, settings.backlog)
     state.listener = listener
-    queue = kernel.listen_queue(listener)
-    state.effective_backlog = queue[1] if queue else settings.backlog
-    if state.effective_backlog < settings.backlog:
-        log.warning(
-            "listen backlog %d was clamped to %d by net.core.somaxconn; raise the sysctl",
-            settings.backlog,
-            state.effective_backlog,
-        )
+    state.effective_backlog = measure_backlog(listener, settings.backlog)
 
     def info() -> dict[str, str]:
         return settings_info(state.settings.model_dump(), "embedded", __version__)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from asgi_sidecar import kernel
 from asgi_sidecar.adapting import UPDATE_INTERVAL, AdaptiveLimit
@@ -50,6 +50,73 @@ def open_listener(host: str, port: int, backlog: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def measure_backlog(listener: socket.socket, requested: int) -> int:
+    """The backlog the kernel gave ``listener``; a warning when somaxconn clamped it."""
+    queue = kernel.listen_queue(listener)
+    somaxconn = kernel.read_somaxconn()
+    effective = queue[1] if queue is not None else kernel.effective_backlog(requested, somaxconn)
+    if effective < requested:
+        log.warning(
+            "listen backlog %d was clamped to %d by net.core.somaxconn=%s of this network"
+            " namespace; connections beyond %d waiting to be accepted will be dropped."
+            " Raise net.core.somaxconn (the AsgiServer's sysctls) to at least %d.",
+            requested,
+            effective,
+            somaxconn,
+            effective,
+            requested,
+        )
+    return effective
+
+
+def live_settings(old: SidecarSettings, new: SidecarSettings) -> SidecarSettings:
+    """``new`` with the fields only a restart can change kept at their ``old`` values."""
+    ignored = old.restart_only_changes(new)
+    if not ignored:
+        return new
+    log.warning("settings %s change only on restart; keeping the old values", ignored)
+    return new.model_copy(update={f: getattr(old, f) for f in ignored})
+
+
+def read_gauges(
+    settings: SidecarSettings,
+    *,
+    listener: socket.socket | None,
+    effective_backlog: int,
+    connections: int,
+    idle: int,
+    limiter: ConcurrencyLimiter[Any],
+    adaptive: AdaptiveLimit | None,
+    ready: bool,
+    upstream: tuple[int, int] = (0, 0),
+) -> Gauges:
+    """Live figures for the metrics, with the kernel's view of the listener and namespace."""
+    listening = listener is not None and listener.fileno() >= 0
+    queue = kernel.listen_queue(listener) if listening and listener is not None else None
+    overflows = kernel.listen_overflows()
+    return Gauges(
+        connections_active=connections - idle,
+        connections_idle=idle,
+        in_flight=limiter.in_flight,
+        concurrency_limit=limiter.limit,
+        queue_length=limiter.queued,
+        queue_depth=settings.queue_depth,
+        backlog=settings.backlog,
+        backlog_effective=effective_backlog,
+        accept_queue=queue[0] if queue else None,
+        listen_overflows=overflows[0] if overflows else None,
+        listen_drops=overflows[1] if overflows else None,
+        somaxconn=kernel.read_somaxconn(),
+        keep_alive_timeout=settings.timeout_keep_alive,
+        max_connections=settings.max_connections,
+        upstream_connections=upstream[0],
+        upstream_idle=upstream[1],
+        ready=ready,
+        adaptive_limit=adaptive.current if adaptive else None,
+        adaptive_baseline=adaptive.baseline if adaptive else None,
+    )
 
 
 def keep_alive_header(timeout: float) -> bytes:
@@ -102,24 +169,7 @@ class ProxyCore:
 
     def _check_backlog(self) -> None:
         assert self.listener is not None
-        requested = self.settings.backlog
-        queue = kernel.listen_queue(self.listener)
-        somaxconn = kernel.read_somaxconn()
-        if queue is not None:
-            self.effective_backlog = queue[1]
-        else:
-            self.effective_backlog = kernel.effective_backlog(requested, somaxconn)
-        if self.effective_backlog < requested:
-            log.warning(
-                "listen backlog %d was clamped to %d by net.core.somaxconn=%s of this network"
-                " namespace; connections beyond %d waiting to be accepted will be dropped."
-                " Raise net.core.somaxconn (the AsgiServer's sysctls) to at least %d.",
-                requested,
-                self.effective_backlog,
-                somaxconn,
-                self.effective_backlog,
-                requested,
-            )
+        self.effective_backlog = measure_backlog(self.listener, self.settings.backlog)
 
     def begin_drain(self) -> None:
         """SIGTERM: stop reporting ready; connections keep being served."""
@@ -146,13 +196,10 @@ class ProxyCore:
 
     # -- settings ---------------------------------------------------------------------------
 
-    def apply(self, new: SidecarSettings) -> list[str]:
-        """Apply new settings live; returns the changed fields that need a restart."""
+    def apply(self, new: SidecarSettings) -> None:
+        """Apply new settings live (those that need a restart are kept, with a warning)."""
         old = self.settings
-        ignored = old.restart_only_changes(new)
-        if ignored:
-            log.warning("settings %s change only on restart; keeping the old values", ignored)
-            new = new.model_copy(update={f: getattr(old, f) for f in ignored})
+        new = live_settings(old, new)
         now = self.loop.time()
         self.settings = new
         if new.timeout_keep_alive < old.timeout_keep_alive:
@@ -173,7 +220,6 @@ class ProxyCore:
         if not self._accepting and not self.stopping:
             self._resume_accepting()
         log.info("settings applied: %s", _changes(old, new))
-        return ignored
 
     # -- connections ------------------------------------------------------------------------
 
@@ -306,32 +352,16 @@ class ProxyCore:
     # -- figures ----------------------------------------------------------------------------
 
     def gauges(self) -> Gauges:
-        settings = self.settings
-        queue = kernel.listen_queue(self.listener) if self.listener is not None else None
-        if self.listener is not None and self.listener.fileno() < 0:
-            queue = None
-        overflows = kernel.listen_overflows()
-        idle = len(self.idle)
-        return Gauges(
-            connections_active=len(self.connections) - idle,
-            connections_idle=idle,
-            in_flight=self.limiter.in_flight,
-            concurrency_limit=self.limiter.limit,
-            queue_length=self.limiter.queued,
-            queue_depth=settings.queue_depth,
-            backlog=settings.backlog,
-            backlog_effective=self.effective_backlog,
-            accept_queue=queue[0] if queue else None,
-            listen_overflows=overflows[0] if overflows else None,
-            listen_drops=overflows[1] if overflows else None,
-            somaxconn=kernel.read_somaxconn(),
-            keep_alive_timeout=settings.timeout_keep_alive,
-            max_connections=settings.max_connections,
-            upstream_connections=len(self.pool.open),
-            upstream_idle=len(self.pool.idle),
+        return read_gauges(
+            self.settings,
+            listener=self.listener,
+            effective_backlog=self.effective_backlog,
+            connections=len(self.connections),
+            idle=len(self.idle),
+            limiter=self.limiter,
+            adaptive=self.adaptive,
             ready=self.ready,
-            adaptive_limit=self.adaptive.current if self.adaptive else None,
-            adaptive_baseline=self.adaptive.baseline if self.adaptive else None,
+            upstream=(len(self.pool.open), len(self.pool.idle)),
         )
 
 
