@@ -11,7 +11,6 @@ restart tuning resumes from the stored values and rebuilds its history.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from collections import deque
@@ -22,7 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from asgi_operator.building import SELECTOR_LABEL, current_somaxconn
-from asgi_operator.kube import Kube
+from asgi_operator.kube import Kube, timestamp
 from asgi_operator.models import AsgiServerSpec, SysctlMode
 from asgi_operator.observing import Snapshot, observe
 from asgi_operator.scraping import (
@@ -67,10 +66,6 @@ class TunerState:
     past: list[tuple[int, Change]] = field(default_factory=list)
     rounds: int = 0
     next_due: float = 0.0
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def bounds_of(spec: AsgiServerSpec) -> Bounds:
@@ -211,7 +206,7 @@ class Autotuner:
     def _record(decision: Decision, observation: Observation) -> list[dict[str, Any]]:
         return [
             {
-                "time": _now(),
+                "time": timestamp(),
                 "setting": c.setting,
                 "from": c.old,
                 "to": c.new,
@@ -231,7 +226,7 @@ class Autotuner:
         message: str,
         status: dict[str, Any],
     ) -> dict[str, Any]:
-        tuning = {**tuning, "current": current_values, "lastRound": _now()}
+        tuning = {**tuning, "current": current_values, "lastRound": timestamp()}
         conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Tuned"]
         old: dict[str, Any] = next(
             (c for c in status.get("conditions") or [] if c.get("type") == "Tuned"), {}
@@ -243,7 +238,7 @@ class Autotuner:
                 "status": condition_status,
                 "reason": reason,
                 "message": message[:1000],
-                "lastTransitionTime": since or _now(),
+                "lastTransitionTime": since or timestamp(),
             }
         )
         return {"tuning": tuning, "conditions": conditions}

@@ -23,6 +23,11 @@ APPLY = "application/apply-patch+yaml"
 Manifest = dict[str, Any]
 
 
+def timestamp() -> str:
+    """Now, as the API's RFC 3339 timestamps (conditions, events)."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _json(response: Any) -> Manifest:
     data: Manifest = json.loads(response.data)
     return data
@@ -121,7 +126,7 @@ class Kube:
     def post_event(self, body: Manifest, reason: str, message: str, kind: str = "Warning") -> None:
         """A core/v1 Event about ``body`` (works from any thread, unlike kopf.warn)."""
         meta = body["metadata"]
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = timestamp()
         event: Any = {
             "apiVersion": "v1",
             "kind": "Event",

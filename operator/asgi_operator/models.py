@@ -89,11 +89,7 @@ class Sysctls(_Model):
 
 
 class Bounds(_Model):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
+    model_config = ConfigDict(  # merged with _Model's configuration
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
@@ -131,11 +127,7 @@ class Autotune(_Model):
 
 
 class AsgiServerSpec(_Model):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
+    model_config = ConfigDict(  # merged with _Model's configuration
         json_schema_extra={
             "x-kubernetes-validations": [
                 {

@@ -7,7 +7,6 @@ the schema could not catch becomes a condition, never a traceback.
 
 from __future__ import annotations
 
-import datetime
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from asgi_operator.building import (
     current_somaxconn,
     tuned_spec,
 )
-from asgi_operator.kube import Kube
+from asgi_operator.kube import Kube, timestamp
 from asgi_operator.models import AsgiServerSpec
 from asgi_operator.statusing import Observed, build_status
 
@@ -36,10 +35,6 @@ class Outcome:
     warnings: list[tuple[str, str]]
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _invalid(body: dict[str, Any], exc: ValidationError) -> Outcome:
     generation = int(body["metadata"].get("generation", 0))
     problems = "; ".join(
@@ -50,7 +45,7 @@ def _invalid(body: dict[str, Any], exc: ValidationError) -> Outcome:
         "status": "True",
         "reason": "InvalidSpec",
         "message": problems,
-        "lastTransitionTime": _now(),
+        "lastTransitionTime": timestamp(),
         "observedGeneration": generation,
     }
     return Outcome({"observedGeneration": generation, "conditions": [condition]}, [])
@@ -85,7 +80,7 @@ def reconcile(kube: Kube, body: dict[str, Any], options: BuildOptions) -> Outcom
         namespace_labels=kube.namespace_labels(namespace),
         previous=list((body.get("status") or {}).get("conditions") or []),
     )
-    status = build_status(spec, observed, current_somaxconn(deployment), _now())
+    status = build_status(spec, observed, current_somaxconn(deployment), timestamp())
     return Outcome(status, _new_problems(observed.previous, status["conditions"]))
 
 
