@@ -9,11 +9,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "hack"))
@@ -31,17 +33,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with localcluster.LocalCluster(tmp_path_factory.mktemp("cluster")) as c:
         print(f"\ncluster cold start: {time.monotonic() - started:.1f}s")
         yield c
-
-
-def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout}s: {what or check}")
-        time.sleep(0.25)
 
 
 def pods(cluster: Any, selector: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import httpx
 from tests.integration.test_backlog import netns, ns_get, ns_metric, upstream_in, wait_ready_in
 from tests.integration.test_limits import Conn, wait_for
 from tests.support.processes import ROOT, Sidecar, sidecar
+from tests.support.promtool import check_metrics
 
 # Every sample name the issue promises, with a label set where it has one.
 EXPECTED_SAMPLES = [
@@ -71,16 +72,9 @@ def test_scrape_passes_promtool_and_has_every_metric(upstream_port, tmp_path):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain; version=")
         text = response.text
-        check = subprocess.run(
-            ["promtool", "check", "metrics"],
-            input=text,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert check.returncode == 0, check.stdout + check.stderr
-        assert check.stdout + check.stderr == "", "promtool reported problems"
+        code, output = check_metrics(text)
+        assert code == 0, output
+        assert output == "", "promtool reported problems"
 
         found = samples(text)
         missing = [name for name in EXPECTED_SAMPLES if name not in found]

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from asgi_operator.autotuning import TuningMetrics
 from tests.support.processes import ROOT, Sidecar, free_port, sidecar, stop
+from tests.support.promtool import check_metrics
 
 DASHBOARD = ROOT / "dashboards" / "asgi-server.json"
 RULES = sorted((ROOT / "alerts").glob("*.yaml"))
@@ -513,12 +514,5 @@ def test_every_metric_used_is_exported(live):
     missing = sorted(names - exported)
     assert not missing, f"used but not exported: {missing}"
     # The operator's exposition passes promtool like the sidecar's (test_metrics.py).
-    check = subprocess.run(
-        ["promtool", "check", "metrics"],
-        check=False,
-        input=texts[-1],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
+    code, output = check_metrics(texts[-1])
+    assert code == 0, output

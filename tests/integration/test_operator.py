@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import waiting
 from tests.support.processes import ROOT, stop
 
 pytestmark = pytest.mark.timeout(300)
@@ -21,19 +22,12 @@ pytestmark = pytest.mark.timeout(300)
 SAMPLES = ROOT / "samples"
 
 
+# What a busy API server or a not-yet-created object looks like from kubectl.
+TRANSIENT = (RuntimeError, subprocess.CalledProcessError, LookupError, TypeError)
+
+
 def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (RuntimeError, subprocess.CalledProcessError, LookupError, TypeError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.25)
-    raise AssertionError(f"not true after {timeout}s: {what}; last: {last!r}")
+    return waiting.eventually(check, timeout, what, tolerate=TRANSIENT)
 
 
 class Operator:
