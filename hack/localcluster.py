@@ -41,6 +41,7 @@ KWOK_STATUS_ANNOTATION = "kwok.x-k8s.io/status"  # "custom": kwok leaves the Pod
 TIMEOUT = 60.0
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 BINARIES = (*CONTROL_PLANE, "kubectl", "kwok")
+_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 
 
 class ClusterError(RuntimeError):
@@ -79,13 +80,89 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+class Supervisor:
+    """Processes started here, each with its log; stopped here by process id, newest first."""
+
+    def __init__(self, logs: Path, cwd: Path) -> None:
+        self.logs, self.cwd = logs, cwd
+        self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def spawn(self, name: str, binary: Path | str, *args: str) -> subprocess.Popen[bytes]:
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [str(binary), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_child_env(),
+                cwd=self.cwd,
+                start_new_session=True,
+                # only prctl(2) runs there; processes are started from one thread
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
+            )
+        self.procs.append((name, proc, log))
+        return proc
+
+    def exited(self) -> tuple[str, int, Path] | None:
+        """The first process that is no longer running: name, exit status, log."""
+        for name, proc, log in self.procs:
+            if proc.poll() is not None:
+                return name, proc.returncode, log
+        return None
+
+    def wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            gone = self.exited()
+            if gone is not None:
+                name, code, log = gone
+                raise ClusterError(
+                    f"{name} exited with {code} while waiting for {what}:\n" + _tail(log)
+                )
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                name, _, log = self.procs[-1] if self.procs else ("nothing", None, Path("-"))
+                raise ClusterError(
+                    f"{what} not ready after {timeout:.0f}s; last started: {name}\n" + _tail(log)
+                )
+            time.sleep(0.2)
+
+    def stop_one(self, name: str, grace: float = 10.0) -> None:
+        for entry in [e for e in self.procs if e[0] == name]:
+            self.procs.remove(entry)
+            _terminate(entry[1], grace)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every process (newest first), SIGKILL after ``grace`` seconds."""
+        while self.procs:
+            _, proc, _ = self.procs.pop()
+            _terminate(proc, grace)
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class LocalCluster:
-    def __init__(self, work_dir: Path, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self, work_dir: Path, bin_dir: Path | None = None, *, fake_node: bool = True
+    ) -> None:
+        """``fake_node``: register kwok's fake node; without it Pods stay Pending until a
+        real node (hack/localnode.py) joins."""
         self.work_dir = Path(work_dir).resolve()
         self.bin_dir = (bin_dir or default_bin_dir()).resolve()
+        self.fake_node = fake_node
         self.certs = self.work_dir / "certs"
         self.logs = self.work_dir / "logs"
-        self._procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self.processes = Supervisor(self.logs, self.work_dir)
         self._port = 0
 
     # -- public surface -------------------------------------------------------------
@@ -143,15 +220,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """SIGTERM every process started here (reverse order), SIGKILL after 10 s."""
-        while self._procs:
-            _, proc, _ = self._procs.pop()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        self.processes.stop()
         atexit.unregister(self.stop)
 
     def wait_for_default_service_account(
@@ -245,6 +314,10 @@ class LocalCluster:
             f"--service-account-signing-key-file={c / 'sa.key'}",
             # the default reconciler would publish 127.0.0.1, which Endpoints refuse
             "--endpoint-reconciler-type=none",
+            # for kubectl exec and logs on a real node (hack/localnode.py)
+            f"--kubelet-client-certificate={c / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={c / 'kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
         )  # fmt: skip
         ctx = ssl.create_default_context(cafile=str(c / "ca.crt"))
         ctx.load_cert_chain(str(c / "admin.crt"), str(c / "admin.key"))
@@ -293,7 +366,8 @@ class LocalCluster:
                 name, partial(_http_ok, f"https://127.0.0.1:{port}/healthz", insecure), TIMEOUT
             )
         self._wait("kwok", partial(_http_ok, f"http://127.0.0.1:{kwok_port}/healthz"), TIMEOUT)
-        self._create_node()
+        if self.fake_node:
+            self._create_node()
         self.wait_for_default_service_account()
 
     def _create_node(self) -> None:
@@ -318,38 +392,10 @@ class LocalCluster:
         self._wait(f"node {NODE_NAME} Ready", ready, TIMEOUT)
 
     def _spawn(self, name: str, *args: str) -> None:
-        log = self.logs / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [str(find_binary(name, self.bin_dir)), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=_child_env(),
-                cwd=self.work_dir,
-                start_new_session=True,
-                # only prctl(2) runs there; the cluster is started from one thread
-                preexec_fn=_die_with_parent,  # noqa: PLW1509
-            )
-        self._procs.append((name, proc, log))
+        self.processes.spawn(name, find_binary(name, self.bin_dir), *args)
 
     def _wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            for name, proc, log in self._procs:
-                if proc.poll() is not None:
-                    raise ClusterError(
-                        f"{name} exited with {proc.returncode} while waiting for {what}:\n"
-                        + _tail(log)
-                    )
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                name, _, log = self._procs[-1]
-                raise ClusterError(
-                    f"{what} not ready after {timeout:.0f}s; last started: {name}\n" + _tail(log)
-                )
-            time.sleep(0.2)
+        self.processes.wait(what, ready, timeout)
 
     # -- certificates and kubeconfigs ------------------------------------------------
     def _openssl(self, *args: str) -> None:
@@ -359,9 +405,8 @@ class LocalCluster:
             raise ClusterError(f"openssl {' '.join(args)} failed: {done.stderr.strip()}")
 
     def _make_certs(self) -> None:
-        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
         self._openssl(
-            "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "365",
+            "req", "-x509", *_EC_KEY, "-keyout", "ca.key", "-out", "ca.crt", "-days", "365",
             "-subj", "/CN=localcluster-ca",
             "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
@@ -377,27 +422,38 @@ class LocalCluster:
             "kcm": ("/CN=system:kube-controller-manager", "clientAuth", None),
             "scheduler": ("/CN=system:kube-scheduler", "clientAuth", None),
             "kwok": ("/O=system:masters/CN=kwok", "clientAuth", None),
-        }
+            "kubelet-client": ("/O=system:masters/CN=kube-apiserver-kubelet-client",
+                               "clientAuth", None),
+        }  # fmt: skip
         for name, (subject, usage, alt) in leaves.items():
-            ext = self.certs / f"{name}.ext"
-            lines = [
-                "basicConstraints=critical,CA:FALSE",
-                "keyUsage=critical,digitalSignature,keyEncipherment",
-                f"extendedKeyUsage={usage}",
-            ] + ([f"subjectAltName={alt}"] if alt else [])
-            ext.write_text("\n".join(lines) + "\n")
-            self._openssl(
-                "req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", subject,
-            )  # fmt: skip
-            self._openssl(
-                "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{name}.crt", "-days", "365", "-extfile", ext.name,
-            )  # fmt: skip
+            self.issue_cert(name, subject, usage, alt)
         self._openssl(
             "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key"
         )
         self._openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+    def issue_cert(self, name: str, subject: str, usage: str, alt: str | None = None) -> Path:
+        """``certs/<name>.crt`` and ``.key``, signed by the cluster's CA; returns the .crt."""
+        ext = self.certs / f"{name}.ext"
+        lines = [
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+            f"extendedKeyUsage={usage}",
+        ] + ([f"subjectAltName={alt}"] if alt else [])
+        ext.write_text("\n".join(lines) + "\n")
+        self._openssl(
+            "req", "-new", *_EC_KEY, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", subject,
+        )  # fmt: skip
+        self._openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "365", "-extfile", ext.name,
+        )  # fmt: skip
+        return self.certs / f"{name}.crt"
+
+    def write_kubeconfig(self, path: Path, user: str) -> None:
+        """A kubeconfig for ``certs/<user>.crt``/``.key`` (see ``issue_cert``)."""
+        self._write_kubeconfig(path, user)
 
     def _write_kubeconfig(self, path: Path, user: str) -> None:
         cluster = {"server": self.server, "certificate-authority": str(self.certs / "ca.crt")}
@@ -449,10 +505,11 @@ def _up(work_dir: Path) -> int:
         print(f"{find_binary('kubectl')} get nodes,pods -A   # Ctrl-C stops the cluster")
         sys.stdout.flush()
         while True:
-            for name, proc, log in cluster._procs:
-                if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}\n{_tail(log)}", file=sys.stderr)
-                    return 1
+            gone = cluster.processes.exited()
+            if gone is not None:
+                name, code, log = gone
+                print(f"{name} exited with {code}\n{_tail(log)}", file=sys.stderr)
+                return 1
             time.sleep(1)
     except KeyboardInterrupt:
         return 0

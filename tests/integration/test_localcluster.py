@@ -161,7 +161,7 @@ def test_failed_start_reports_log_and_leaves_nothing_behind(tmp_path: Path) -> N
 
     def recording_spawn(name: str, *args: str) -> None:
         spawn(name, *args)
-        pids.append(cluster._procs[-1][1].pid)
+        pids.append(cluster.processes.procs[-1][1].pid)
 
     cluster._spawn = recording_spawn
     with pytest.raises(localcluster.ClusterError, match="simulated crash") as caught:
