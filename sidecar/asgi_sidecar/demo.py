@@ -33,6 +33,18 @@ async def slow(seconds: float = 0.2) -> dict[str, float]:
     return {"slept": seconds}
 
 
+@app.get("/cpu")
+async def cpu(ms: float = 2.0) -> dict[str, float]:
+    """Burn ``ms`` milliseconds of CPU (at most 1 s): a request with a known cost, so
+    the server has a knee that autotuning can find.  It blocks the event loop, as
+    CPU-bound handlers do."""
+    deadline = time.thread_time() + min(ms, 1000.0) / 1000.0
+    n = 0
+    while time.thread_time() < deadline:
+        n += 1
+    return {"ms": ms}
+
+
 APP_PORT = int(os.environ.get("DEMO_APP_PORT", "8000"))
 PORT = int(os.environ.get("DEMO_PORT", "8080"))
 METRICS_PORT = int(os.environ.get("DEMO_METRICS_PORT", "9090"))

@@ -31,9 +31,10 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str = "") 
 
 
 class Operator:
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, sidecar_image: str = "sidecar:test") -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log
+        self.sidecar_image = sidecar_image
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -41,7 +42,7 @@ class Operator:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces",
-                 "--liveness", "", "--resync-seconds", "2", "--sidecar-image", "sidecar:test",
+                 "--liveness", "", "--resync-seconds", "2", "--sidecar-image", self.sidecar_image,
                  "--metrics-port", "0"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
