@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := wrk nginx-light iproute2 util-linux prometheus
 
-.PHONY: test run lint typecheck unit integration bench bench-% system-deps venv clean help crds cluster demo dashcheck helm chart-files
+.PHONY: test run run-node node-images lint typecheck unit integration node bench bench-% system-deps venv clean help crds cluster demo dashcheck helm chart-files
 
 help:
 	@echo "make test   - install everything, lint, type-check, run all tests"
 	@echo "make run    - local control plane + CRD + sample AsgiServer + the operator"
+	@echo "make run-node - the same on a real node (kubelet, containerd): real Pods"
 	@echo "make demo   - a FastAPI app behind the sidecar on localhost"
 	@echo "make bench  - benchmarks against nginx and plain uvicorn (prints tables)"
 
@@ -23,7 +24,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests and benchmarks use, installed only when missing.
+# Debian packages the tests and benchmarks use, installed only when missing; the last four
+# are the real node's (hack/localnode.py: containerd, runc, the CNI plugins) and debootstrap
+# for its images' base layer (hack/nodeimages.py).
 system-deps:
 	@missing=""; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
@@ -31,6 +34,10 @@ system-deps:
 	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing="$$missing iproute2"; \
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v containerd >/dev/null || missing="$$missing containerd"; \
+	command -v runc >/dev/null || [ -x /usr/sbin/runc ] || missing="$$missing runc"; \
+	[ -x /usr/lib/cni/bridge ] || missing="$$missing containernetworking-plugins"; \
+	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
@@ -43,13 +50,17 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
-	$(BIN)/mypy --strict hack/localcluster.py hack/run.py
+	$(BIN)/mypy --strict hack/localcluster.py hack/localnode.py hack/nodeimages.py hack/run.py
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 integration: $(STAMP) system-deps dashcheck
 	$(BIN)/pytest -q tests/integration
+
+# End to end on a real node (tests/node; root, containerd, runc, cgroups).
+node: $(STAMP) system-deps cluster
+	$(BIN)/pytest -q tests/node
 
 test: $(STAMP) system-deps cluster helm dashcheck lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
@@ -85,6 +96,13 @@ dashcheck:
 
 run: $(STAMP) cluster
 	$(PY) hack/run.py
+
+# The images of the real node, built without a container engine (hack/nodeimages.py).
+node-images: $(STAMP) system-deps
+	$(PY) hack/nodeimages.py build
+
+run-node: $(STAMP) system-deps cluster
+	$(PY) hack/run.py --node
 
 demo: $(STAMP)
 	$(PY) -m asgi_sidecar.demo

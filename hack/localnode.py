@@ -361,6 +361,9 @@ class LocalNode:
 
     # -- shutdown ------------------------------------------------------------------------
     def _drain_pods(self, timeout: float) -> None:
+        """Cordon, then delete the node's Pods (as ``kubectl drain`` does): their
+        controllers' replacements stay Pending instead of landing here again."""
+        self.cluster.kubectl("cordon", self.name, check=False)
         selector = f"spec.nodeName={self.name}"
         self.cluster.kubectl(
             "delete", "pods", "-A", "--field-selector", selector, "--wait=false", check=False

@@ -1,50 +1,78 @@
 """``make run``: a local control plane, the AsgiServer CRD and sample, and the operator.
 
 Starts the control plane from ``.cache/bin`` (``make cluster`` builds it), installs
-the CRD, applies ``samples/asgiserver.yaml``, prints how to look at the result with
-kubectl, and runs the operator in the foreground until Ctrl-C; then stops it all.
-Pods are faked by kwok (no container runtime here), so they turn Running without
-running the image.
+the CRD, applies a sample, prints how to look at the result with kubectl, and runs the
+operator in the foreground until Ctrl-C; then stops it all.
+
+* ``make run``: Pods are faked by kwok (no container runtime), so they turn Running
+  without running the image; the sample is ``samples/asgiserver.yaml``.
+* ``make run-node`` (``--node``): a real node joins instead (hack/localnode.py:
+  containerd, runc, a CNI bridge and the kubelet, images built by hack/nodeimages.py),
+  so the Pods run for real; the sample is ``samples/node/asgiserver.yaml`` and the
+  Pods answer on their IPs from this host.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from localcluster import LocalCluster
+from localnode import LocalNode
+from nodeimages import SIDECAR_IMAGE, build
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> int:
-    work = ROOT / ".cache" / "run"
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--node", action="store_true", help="run Pods on a real node")
+    args = parser.parse_args(argv)
+    work = ROOT / ".cache" / ("run-node" if args.node else "run")
     work.mkdir(parents=True, exist_ok=True)
-    with LocalCluster(work) as cluster:
+    sample = ROOT / "samples" / ("node" if args.node else "") / "asgiserver.yaml"
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        images = build() if args.node else None
+        cluster = stack.enter_context(LocalCluster(work / "cluster", fake_node=not args.node))
+        if images is not None:
+            node = stack.enter_context(LocalNode(cluster, work / "node", images))
+            print(f"node {node.name} Ready after {time.monotonic() - started:.1f}s", flush=True)
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl(
             "wait", "--for=condition=Established", "crd/asgiservers.asgi.dev", "--timeout=60s"
         )
         cluster.wait_for_default_service_account()
-        cluster.kubectl("apply", "-f", str(ROOT / "samples" / "asgiserver.yaml"))
+        cluster.kubectl("apply", "-f", str(sample))
         kubectl = ROOT / ".cache" / "bin" / "kubectl"
         print(
-            "\n  the control plane is up and samples/asgiserver.yaml is applied; in another shell:"
+            f"\n  the control plane is up and {sample.relative_to(ROOT)} is applied;"
+            " in another shell:"
             f"\n    export KUBECONFIG={cluster.kubeconfig}"
-            f"\n    {kubectl} get asgi,deployments,services,configmaps,pods"
+            f"\n    {kubectl} get asgi,deployments,services,configmaps,pods -o wide"
             f"\n    {kubectl} describe asgi hello"
-            "\n  the operator runs below; Ctrl-C stops it and the control plane.\n",
+            + (
+                "\n    curl http://<pod IP>:8080/        # the demo app through the sidecar"
+                "\n    curl http://<pod IP>:9090/metrics # the sidecar's metrics"
+                f"\n    {kubectl} exec <pod> -c app -- cat /proc/sys/net/core/somaxconn"
+                if args.node
+                else ""
+            )
+            + "\n  the operator runs below; Ctrl-C stops it and the control plane.\n",
             flush=True,
         )
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces", "--liveness", ""],
-            cwd=ROOT,
-            env=env,
-        )
+        command = [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces"]
+        command += ["--liveness", ""]
+        if args.node:
+            command += ["--sidecar-image", SIDECAR_IMAGE]
+        operator = subprocess.Popen(command, cwd=ROOT, env=env)
         signal.signal(signal.SIGTERM, lambda *_: operator.send_signal(signal.SIGINT))
         try:
             return operator.wait()
@@ -55,6 +83,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 operator.kill()
             return 0
+    return 0
 
 
 if __name__ == "__main__":
