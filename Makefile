@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the tests and benchmarks use, installed only when missing; the last four
-# are the real node's (hack/localnode.py: containerd, runc, the CNI plugins) and debootstrap
+# are the real node's (hack/node.py: containerd, runc, the CNI plugins) and debootstrap
 # for its images' base layer (hack/nodeimages.py).
 system-deps:
 	@missing=""; \
@@ -50,7 +50,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
-	$(BIN)/mypy --strict hack/localcluster.py hack/localnode.py hack/nodeimages.py hack/run.py
+	$(BIN)/mypy --strict hack
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
@@ -80,6 +80,10 @@ chart-files:
 	if [ -f alerts/asgi-server.rules.yaml ]; then cp alerts/asgi-server.rules.yaml $(CHART)/files/alerts.yaml; \
 	else rm -f $(CHART)/files/alerts.yaml; fi
 
+# The build steps below reuse what a clone on this machine built before from the same
+# sources: hack/cache.sh (and hack/cache.py for the node's images) keep every artifact in
+# .cache/ and in $ASGI_SHARED_CACHE (default ~/.cache/asgi-operator), keyed by its sources.
+
 # helm (v3, built from the Go module proxy) into .cache/bin, for the chart's tests.
 helm:
 	hack/build-helm.sh
@@ -90,28 +94,30 @@ cluster:
 	hack/build-cluster.sh
 
 # Grafana dashboard checker (hack/dashcheck, Grafana Foundation SDK) into .cache/bin;
-# reused from ~/.cache/asgi-operator/bin when its sources are unchanged.
+# reused from the machine-wide cache when its sources are unchanged.
 dashcheck:
 	hack/dashcheck/build.sh
 
+# hack/ and bench/ are packages run from the repository root, so they import each other and
+# tests.support without sys.path edits.
 run: $(STAMP) cluster
-	$(PY) hack/run.py
+	$(PY) -m hack.run
 
 # The images of the real node, built without a container engine (hack/nodeimages.py).
 node-images: $(STAMP) system-deps
-	$(PY) hack/nodeimages.py build
+	$(PY) -m hack.nodeimages build
 
 run-node: $(STAMP) system-deps cluster
-	$(PY) hack/run.py --node
+	$(PY) -m hack.run --node
 
 demo: $(STAMP)
 	$(PY) -m asgi_sidecar.demo
 
 bench: $(STAMP) system-deps
-	$(PY) bench/run.py all
+	$(PY) -m bench.run all
 
 bench-%: $(STAMP) system-deps
-	$(PY) bench/run.py $*
+	$(PY) -m bench.run $*
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

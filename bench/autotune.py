@@ -35,12 +35,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import wrk
 from asgi_operator.observing import Snapshot, observe, parse_metrics
 from asgi_operator.tuning import Bounds, Change, Current, Observation, decide
-from probe import Probe, ProbeResult
-from procs import Processes, processes, raise_nofile, start_sidecar, start_uvicorn
-from report import Timing, ms, table, verdict
+from bench import wrk
+from bench.probe import Probe, ProbeResult
+from bench.procs import Processes, processes, raise_nofile, start_sidecar, start_uvicorn
+from bench.report import Timing, ms, table, verdict
 
 CPU_APP = "cpuapp:app"
 BENCH_DIR = Path(__file__).resolve().parent

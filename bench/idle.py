@@ -13,9 +13,9 @@ import os
 import time
 from pathlib import Path
 
-import nginx
-from procs import Proc, processes, raise_nofile, start_sidecar
-from report import Timing, table, verdict
+from bench import nginx
+from bench.procs import Proc, processes, raise_nofile, start_sidecar
+from bench.report import Timing, table, verdict
 
 CONNECTIONS = 10_000
 BATCH = 500

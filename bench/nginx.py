@@ -6,7 +6,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from procs import NOFILE, Proc, Processes, free_port
+from bench.procs import NOFILE, Proc, Processes, free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

@@ -1,30 +1,21 @@
 """The operator on a real local control plane: AsgiServer → Deployment latency, a burst
 of 200 AsgiServers, and what the operator spends doing it.
 
-hack/localcluster.py starts etcd, kube-apiserver, kube-controller-manager,
+hack/controlplane.py starts etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and kwok (one fake node, so the Deployments' Pods "run") in the
 scenario's temp dir; the CRD is installed; the operator runs as a subprocess
-(``python -m asgi_operator run --all-namespaces``, default resync).  This process
-creates AsgiServers with the kubernetes client and watches Deployments and
+(``hack.operatorproc``: ``python -m asgi_operator run --all-namespaces``, default
+resync).  This process creates AsgiServers with the kubernetes client and watches Deployments and
 AsgiServers cluster-wide (both watches started before any create), so a latency is
 "the create call returned" → "the watch saw it".  Nothing is pinned: the control
 plane needs both cores.  Everything is stopped by PID at the end.
-
-This file is not ``bench/operator.py``: bench/ is ``sys.path[0]`` for ``run.py``, and a
-module named ``operator`` there shadows the standard library's (``import operator``
-would either get the stdlib one, already imported at start-up, or break
-``collections`` when it is not).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,8 +28,10 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from asgi_operator.models import GROUP, PLURAL, VERSION
-from procs import CLK_TCK, Proc
-from report import Timing, table, verdict
+from bench.procs import CLK_TCK, Proc
+from bench.report import Timing, table, verdict
+from hack import operatorproc
+from hack.controlplane import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "asgiservers.asgi.dev.yaml"
@@ -54,11 +47,6 @@ NS_WARMUP, NS_SEQ, NS_BURST = "bench-warmup", "bench-seq", "bench-burst"
 
 Obj = dict[str, Any]
 Ready = Callable[[str, Obj], bool]
-
-
-def _localcluster() -> Any:
-    sys.path.insert(0, str(ROOT / "hack"))
-    return importlib.import_module("localcluster")
 
 
 def asgiserver(name: str) -> Obj:
@@ -208,15 +196,8 @@ class Snapshot:
 
 def _start_operator(workdir: Path, kubeconfig: Path) -> Proc:
     log_path = workdir / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        env.pop(name, None)
-    cmd = [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces",
-           "--liveness", "", "--sidecar-image", "sidecar:bench"]  # fmt: skip
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
+    popen = operatorproc.start(kubeconfig, "--liveness", "", "--sidecar-image", "sidecar:bench",
+                               log=log_path)  # fmt: skip
     return Proc("operator", popen, log_path)
 
 
@@ -248,9 +229,8 @@ def _log_summary(path: Path) -> list[str]:
 
 
 def operator(workdir: Path, t: Timing) -> str:
-    lc = _localcluster()
     started = time.monotonic()
-    with lc.LocalCluster(workdir / "cluster") as cluster:
+    with LocalCluster(workdir / "cluster") as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
         cluster.kubectl(
             "wait", "--for=condition=Established", "crd/asgiservers.asgi.dev", "--timeout=30s"
@@ -274,7 +254,7 @@ def operator(workdir: Path, t: Timing) -> str:
         servers.start()
         op = _start_operator(workdir, cluster.kubeconfig)
         try:
-            control_plane = [proc.pid for _, proc, _ in getattr(cluster, "_procs", [])]
+            control_plane = [proc.pid for _, proc, _ in cluster.processes.procs]
             return _measure(op, control_plane, custom, deployments, servers, cluster_seconds)
         finally:
             op.stop()
@@ -381,7 +361,7 @@ def _measure(
             f"at a time, {BURST} at once)",
             "",
             "kube-apiserver v1.33 + etcd + controller-manager + scheduler + kwok (1 fake node, "
-            "the Deployments' Pods run there) from hack/localcluster.py; the operator is "
+            "the Deployments' Pods run there) from hack/controlplane.py; the operator is "
             "`python -m asgi_operator run --all-namespaces` (default resync 10 s). No pinning: "
             "the control plane, the operator and this process (kubernetes client creates, "
             "cluster-wide watches on Deployments and AsgiServers) share both cores. Latency "

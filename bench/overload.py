@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import wrk
-from probe import Probe, ProbeResult
-from procs import processes, start_sidecar, start_uvicorn
-from report import Timing, ms, table, verdict
+from bench import wrk
+from bench.probe import Probe, ProbeResult
+from bench.procs import processes, start_sidecar, start_uvicorn
+from bench.report import Timing, ms, table, verdict
 
 CPU_APP = "cpuapp:app"
 BENCH_DIR = str(Path(__file__).resolve().parent)

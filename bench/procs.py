@@ -1,4 +1,5 @@
-"""Start, watch and stop the processes a benchmark needs: every one pinned, every one by PID."""
+"""Start, watch and stop the processes a benchmark needs: every one pinned, every one by PID
+(``hack.supervisor``, as the local cluster and the tests do), and measured here."""
 
 from __future__ import annotations
 
@@ -16,20 +17,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hack import supervisor
+from hack.cache import ROOT
+from hack.supervisor import StartError, Supervisor, free_port
+
+__all__ = ["CLK_TCK", "NOFILE", "Proc", "Processes", "StartError", "free_port", "processes"]
+
 VENV_BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOFILE = 20000  # open files for the processes that hold many connections
-
-
-class StartError(RuntimeError):
-    """A process died or never became ready."""
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def raise_nofile(limit: int = NOFILE) -> int:
@@ -113,32 +109,7 @@ class Proc:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(self.stop_signal)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.popen.kill()
-                self.popen.wait(timeout=5)
-
-
-def start(name: str, cmd: list[str], core: int | str, workdir: Path) -> Proc:
-    """Start ``cmd`` pinned to ``core`` with its output in ``workdir/name.log``."""
-    log_path = workdir / f"{name}.log"
-    log_file = log_path.open("wb")
-    try:
-        popen = subprocess.Popen(
-            ["taskset", "-c", str(core), *cmd],  # taskset execs: the PID is the command's
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_child_nofile,  # noqa: PLW1509 - only setrlimit, no threads yet
-        )
-    finally:
-        log_file.close()
-    return Proc(name, popen, log_path)
+        supervisor.stop(self.popen, timeout, self.stop_signal)
 
 
 def wait_ready(proc: Proc, url: str | None, port: int, timeout: float = 20.0) -> None:
@@ -162,10 +133,12 @@ def wait_ready(proc: Proc, url: str | None, port: int, timeout: float = 20.0) ->
 
 
 class Processes:
-    """Everything a scenario started; ``close`` stops all of them (newest first)."""
+    """Everything a scenario started, each pinned to its core with ``taskset`` and logged to
+    ``workdir/<name>.log``; ``close`` stops all of them (newest first)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
+        self.supervisor = Supervisor(workdir, ROOT)
         self.procs: list[Proc] = []
 
     def start(
@@ -178,20 +151,28 @@ class Processes:
         port: int,
         stop_signal: int = signal.SIGTERM,
     ) -> Proc:
-        proc = start(name, cmd, core, self.workdir)
-        proc.stop_signal = stop_signal
+        popen = self.supervisor.spawn(
+            name,
+            "taskset",  # taskset execs: the PID is the command's
+            "-c",
+            str(core),
+            *cmd,
+            stop_signal=stop_signal,
+            preexec=_child_nofile,
+        )
+        proc = Proc(name, popen, self.workdir / f"{name}.log", stop_signal)
         self.procs.append(proc)
         wait_ready(proc, ready_url, port)
         return proc
 
     def stop(self, proc: Proc) -> None:
-        proc.stop()
+        self.supervisor.stop_proc(proc.popen)
         if proc in self.procs:
             self.procs.remove(proc)
 
     def close(self) -> None:
-        while self.procs:
-            self.procs.pop().stop()
+        self.supervisor.stop()
+        self.procs.clear()
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Benchmarks of asgi-sidecar against its peers (nginx, plain uvicorn), one Markdown table each.
 
-Usage: ``python bench/run.py all|ceiling|app|embedded|overload|idle|operator|autotune``.
+Usage: ``python -m bench.run all|ceiling|app|embedded|overload|idle|operator|autotune``, from
+the repository root (``make bench``, ``make bench-<name>``).
 
 Every process (nginx with generated configs, uvicorn, the sidecar) is started
 here on free loopback ports, pinned with taskset, and stopped by PID when its
@@ -21,14 +22,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import autotune
-import idle
-import nginx
-import operator_bench
-import overload
-import throughput
-import wrk
-from report import Timing
+from bench import autotune, idle, nginx, operator_bench, overload, throughput, wrk
+from bench.report import Timing
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 
@@ -74,7 +69,7 @@ def _read(path: str) -> str:
 def main(argv: list[str]) -> int:
     choice = argv[1] if len(argv) > 1 else "all"
     if choice != "all" and choice not in SCENARIOS:
-        print(f"usage: run.py all|{'|'.join(SCENARIOS)}", file=sys.stderr)
+        print(f"usage: python -m bench.run all|{'|'.join(SCENARIOS)}", file=sys.stderr)
         return 2
     names = list(SCENARIOS) if choice == "all" else [choice]
     timing = Timing(

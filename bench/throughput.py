@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nginx
-import wrk
-from procs import Proc, processes, start_sidecar, start_uvicorn
-from report import Timing, median, ms, ratio, spread, table, verdict
+from bench import nginx, wrk
+from bench.procs import Proc, processes, start_sidecar, start_uvicorn
+from bench.report import Timing, median, ms, ratio, spread, table, verdict
 
 DEMO = "asgi_sidecar.demo:app"
 THINK_MS = 10

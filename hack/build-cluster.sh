@@ -17,36 +17,20 @@ MINOR="$(echo "$K8S_VERSION" | cut -d. -f2)"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="$ROOT/.cache"
-BIN="$CACHE/bin"
-mkdir -p "$BIN" "$CACHE/build"
+# Built binaries are also kept in the machine-wide cache (hack/cache.sh), so a fresh clone
+# of the repository (CI) copies them instead of building again.
+source "$ROOT/hack/cache.sh"
+BIN="$ASGI_BIN"
+mkdir -p "$CACHE/build"
 export GOFLAGS="-mod=mod"
 # Go's own module and build caches (under $HOME) are shared by every clone on this
 # machine, so a fresh clone relinks in a minute or two instead of compiling for half an hour.
 
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 
-# Built binaries are also kept in a machine-wide cache, so a fresh clone of the
-# repository (CI) copies them instead of building again.
-SHARED="${ASGI_SHARED_CACHE:-$HOME/.cache/asgi-operator/bin}"
-mkdir -p "$SHARED"
-
-share() { cp "$BIN/$1" "$SHARED/$1-$2.tmp" && mv "$SHARED/$1-$2.tmp" "$SHARED/$1-$2"; }
-
-have() {
-  if [ -x "$BIN/$1" ] && [ -f "$BIN/.$1.$2" ]; then
-    [ -x "$SHARED/$1-$2" ] || share "$1" "$2"
-    return 0
-  fi
-  if [ -x "$SHARED/$1-$2" ]; then
-    cp "$SHARED/$1-$2" "$BIN/$1" && touch "$BIN/.$1.$2"
-    return 0
-  fi
-  return 1
-}
-
 build_kubernetes() {
   local missing=()
-  for cmd in "${K8S_COMMANDS[@]}"; do have "$cmd" "$K8S_VERSION" || missing+=("$cmd"); done
+  for cmd in "${K8S_COMMANDS[@]}"; do cache_reuse "$cmd" "$K8S_VERSION" || missing+=("$cmd"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   local work="$CACHE/build/kubernetes-$K8S_VERSION"
   mkdir -p "$work"
@@ -75,13 +59,12 @@ GOMOD
   for cmd in "${missing[@]}"; do
     echo "building $cmd $K8S_VERSION" >&2
     go build -tags selinux,notest -trimpath -ldflags "$ldflags" -o "$BIN/$cmd" "k8s.io/kubernetes/cmd/$cmd"
-    touch "$BIN/.$cmd.$K8S_VERSION"
-    share "$cmd" "$K8S_VERSION"
+    cache_keep "$cmd" "$K8S_VERSION"
   done
 }
 
 build_etcd() {
-  have etcd "$ETCD_VERSION" && return 0
+  cache_reuse etcd "$ETCD_VERSION" && return 0
   local work="$CACHE/build/etcd-$ETCD_VERSION"
   mkdir -p "$work"
   cd "$work"
@@ -97,16 +80,14 @@ GOMOD
   fi
   echo "building etcd $ETCD_VERSION" >&2
   go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
-  touch "$BIN/.etcd.$ETCD_VERSION"
-  share etcd "$ETCD_VERSION"
+  cache_keep etcd "$ETCD_VERSION"
 }
 
 build_kwok() {
-  have kwok "$KWOK_VERSION" && return 0
+  cache_reuse kwok "$KWOK_VERSION" && return 0
   echo "building kwok $KWOK_VERSION" >&2
   GOBIN="$BIN" GOFLAGS= go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  touch "$BIN/.kwok.$KWOK_VERSION"
-  share kwok "$KWOK_VERSION"
+  cache_keep kwok "$KWOK_VERSION"
 }
 
 build_etcd

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build helm $HELM_VERSION from the Go module proxy into .cache/bin/helm.
 # Reused when present; also kept in the machine-wide cache next to the control plane
-# binaries (~/.cache/asgi-operator/bin/helm-<version>), so a fresh clone copies it.
+# binaries (hack/cache.sh: $ASGI_SHARED_CACHE/bin/helm-<key>), so a fresh clone copies it.
 #
 # A plain `go install` leaves helm's built-in Kubernetes version at 1.20, which is what
 # `helm template` and `helm lint` then assume for .Capabilities.KubeVersion and for
@@ -13,21 +13,11 @@ K8S_VERSION="${K8S_VERSION:-v1.33.13}"
 MAJOR="$(echo "${K8S_VERSION#v}" | cut -d. -f1)"
 MINOR="$(echo "$K8S_VERSION" | cut -d. -f2)"
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN="$ROOT/.cache/bin"
-SHARED="${ASGI_SHARED_CACHE:-$HOME/.cache/asgi-operator/bin}"
-STAMP="$BIN/.helm.$HELM_VERSION-k8s$MAJOR.$MINOR"
-SHARED_NAME="$SHARED/helm-$HELM_VERSION-k8s$MAJOR.$MINOR"
-mkdir -p "$BIN" "$SHARED"
+source "$(dirname "$0")/cache.sh"
+BIN="$ASGI_BIN"
+KEY="$HELM_VERSION-k8s$MAJOR.$MINOR"  # the built-in Kubernetes version is part of the build
 
-if [ -x "$BIN/helm" ] && [ -f "$STAMP" ]; then
-  [ -x "$SHARED_NAME" ] || { cp "$BIN/helm" "$SHARED_NAME.tmp" && mv "$SHARED_NAME.tmp" "$SHARED_NAME"; }
-  exit 0
-fi
-if [ -x "$SHARED_NAME" ]; then
-  cp "$SHARED_NAME" "$BIN/helm" && touch "$STAMP"
-  exit 0
-fi
+cache_reuse helm "$KEY" && exit 0
 
 ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 ldflags="$ldflags -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
@@ -37,7 +27,5 @@ done
 echo "building helm $HELM_VERSION (Kubernetes $MAJOR.$MINOR by default)" >&2
 GOBIN="$BIN" GOFLAGS= CGO_ENABLED=0 go install -trimpath -ldflags "$ldflags" \
   "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-rm -f "$BIN"/.helm.*
-touch "$STAMP"
-cp "$BIN/helm" "$SHARED_NAME.tmp" && mv "$SHARED_NAME.tmp" "$SHARED_NAME"
+cache_keep helm "$KEY"
 echo "helm in $BIN/helm" >&2

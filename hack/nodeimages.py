@@ -12,9 +12,10 @@ Three images go into one Docker-format archive (``docker save`` layout) that
 
 The base layer (Debian plus the dependencies) takes about a minute and is cached by a
 key of its recipe and the dependency list, in ``.cache/images`` and machine-wide in
-``~/.cache/asgi-operator/images``; the project layer is rebuilt every time (seconds).
+``$ASGI_SHARED_CACHE/images`` (``hack.cache``; default ``~/.cache/asgi-operator/images``);
+the project layer is rebuilt every time (seconds).
 
-    python hack/nodeimages.py build      # prints the archive's path
+    python -m hack.nodeimages build      # prints the archive's path
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / ".cache" / "images"
-MACHINE_CACHE = Path.home() / ".cache" / "asgi-operator" / "images"
+from hack import cache
+from hack.cache import ROOT
+
+CACHE = cache.LOCAL / "images"
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 PAUSE_IMAGE = "localhost/asgi-pause:1.0"
@@ -172,31 +174,6 @@ def _tar_dir(src: Path, out: Path) -> Layer:
     return Layer(out, sha256_file(out))
 
 
-def _cached(name: str) -> Path | None:
-    """``name`` in the project's cache, else copied from the machine-wide one."""
-    local = CACHE / name
-    if local.is_file():
-        return local
-    shared = MACHINE_CACHE / name
-    if shared.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shared, local.with_suffix(".copy"))
-        local.with_suffix(".copy").replace(local)
-        return local
-    return None
-
-
-def _share(path: Path) -> None:
-    """Keep a copy machine-wide, so a fresh clone on this machine skips the build."""
-    try:
-        MACHINE_CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = MACHINE_CACHE / (path.name + ".copy")
-        shutil.copyfile(path, tmp)
-        tmp.replace(MACHINE_CACHE / path.name)
-    except OSError as exc:
-        print(f"note: not cached machine-wide: {exc}", file=sys.stderr)
-
-
 # -- the pause image ------------------------------------------------------------------
 def pause_layer(work: Path) -> Layer:
     source = ROOT / "hack" / "pause" / "pause.c"
@@ -222,7 +199,7 @@ def base_key() -> str:
 def base_layer(work: Path) -> Layer:
     """Debian minbase with Python and a venv of the dependencies (cached)."""
     name = f"base-{base_key()}.tar"
-    cached = _cached(name)
+    cached = cache.fetch("images", name)
     if cached is not None:
         return Layer(cached, sha256_file(cached))
     rootfs = work / "base-root"
@@ -254,7 +231,7 @@ def base_layer(work: Path) -> Layer:
     CACHE.mkdir(parents=True, exist_ok=True)
     layer = _tar_dir(rootfs, CACHE / name)
     shutil.rmtree(rootfs)
-    _share(layer.path)
+    cache.keep("images", layer.path)
     return layer
 
 

@@ -6,7 +6,7 @@ operator in the foreground until Ctrl-C; then stops it all.
 
 * ``make run``: Pods are faked by kwok (no container runtime), so they turn Running
   without running the image; the sample is ``samples/asgiserver.yaml``.
-* ``make run-node`` (``--node``): a real node joins instead (hack/localnode.py:
+* ``make run-node`` (``--node``): a real node joins instead (hack/node.py:
   containerd, runc, a CNI bridge and the kubelet, images built by hack/nodeimages.py),
   so the Pods run for real; the sample is ``samples/node/asgiserver.yaml`` and the
   Pods answer on their IPs from this host.
@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from localcluster import LocalCluster
-from localnode import LocalNode
-from nodeimages import SIDECAR_IMAGE, build
-
-ROOT = Path(__file__).resolve().parents[1]
+from hack import operatorproc
+from hack.cache import ROOT
+from hack.controlplane import LocalCluster
+from hack.node import LocalNode
+from hack.nodeimages import SIDECAR_IMAGE, build
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,12 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             + "\n  the operator runs below; Ctrl-C stops it and the control plane.\n",
             flush=True,
         )
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-        command = [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces"]
-        command += ["--liveness", ""]
+        flags = ["--liveness", ""]
         if args.node:
-            command += ["--sidecar-image", SIDECAR_IMAGE]
-        operator = subprocess.Popen(command, cwd=ROOT, env=env)
+            flags += ["--sidecar-image", SIDECAR_IMAGE]
+        operator = operatorproc.start(cluster.kubeconfig, *flags)
         signal.signal(signal.SIGTERM, lambda *_: operator.send_signal(signal.SIGINT))
         try:
             return operator.wait()

@@ -1,12 +1,14 @@
-"""The slow tuning loop for one AsgiServer: scrape, observe, decide, apply, report.
+"""The slow tuning loop for one AsgiServer: scrape, observe, decide, report.
 
-Tuned values are kept in ``status.tuning.current`` (the user's spec is never
-written); the reconciler builds the ConfigMap from the spec with those values
-applied, so limits and keep-alive reach the sidecars live, and a backlog beyond
-the Pods' somaxconn rolls them.  Each decision with its inputs and reason is
-appended to ``status.tuning.decisions`` (the last ten), posted as an Event and
-counted in the operator's metrics.  History lives in memory: after an operator
-restart tuning resumes from the stored values and rebuilds its history.
+The tuner keeps its values in memory and hands them to reconcile directly
+(``Autotuner.report``); the user's spec is never written.  Reconcile builds the
+ConfigMap from the spec with those values applied, so limits and keep-alive
+reach the sidecars live and a backlog beyond the Pods' somaxconn rolls them, and
+writes them, with the ``Tuned`` condition, into ``status.tuning`` in the same
+status as its own conditions.  Each decision with its inputs and reason is kept
+in ``status.tuning.decisions`` (the last ten), posted as an Event, logged and
+counted in the operator's metrics.  After an operator restart tuning resumes
+from the stored values (read once) and rebuilds its history.
 """
 
 from __future__ import annotations
@@ -19,10 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import ValidationError
 
 from asgi_operator.building import SELECTOR_LABEL, current_somaxconn
 from asgi_operator.kube import Kube, timestamp
-from asgi_operator.models import AsgiServerSpec, SysctlMode
+from asgi_operator.models import (
+    AsgiServerSpec,
+    AsgiServerStatus,
+    SysctlMode,
+    TunedSettings,
+    Tuning,
+    TuningDecision,
+    TuningInputs,
+)
+from asgi_operator.observations import LIMIT, setting_alias
 from asgi_operator.observing import Snapshot, observe
 from asgi_operator.scraping import (
     load_address_map,
@@ -30,6 +42,7 @@ from asgi_operator.scraping import (
     ready_pod_addresses,
     scrape_pods,
 )
+from asgi_operator.statusing import Tuned, Verdict
 from asgi_operator.tuning import WINDOW, Bounds, Change, Current, Decision, Observation, decide
 
 log = logging.getLogger("asgi_operator.autotune")
@@ -61,6 +74,7 @@ class TuningMetrics:
 
 @dataclass
 class TunerState:
+    tuned: Tuned
     history: deque[Observation] = field(default_factory=lambda: deque(maxlen=WINDOW))
     last_round: dict[str, Snapshot] = field(default_factory=dict)
     past: list[tuple[int, Change]] = field(default_factory=list)
@@ -81,22 +95,60 @@ def bounds_of(spec: AsgiServerSpec) -> Bounds:
     )
 
 
-def _inputs(o: Observation | None) -> dict[str, Any]:
-    if o is None:
-        return {}
-    return {
-        "pods": o.pods,
-        "throughputPerPod": round(o.throughput, 3),
-        "inFlightPerPod": round(o.in_flight, 3),
-        "p50Seconds": None if o.p50 is None else round(o.p50, 6),
-        "p99Seconds": None if o.p99 is None else round(o.p99, 6),
-        "rejectedRatio": round(o.rejected_ratio, 4),
-        "listenOverflowsPerSecond": round(o.listen_overflows, 3),
-        "idleClosesPerSecond": round(o.idle_closes, 3),
-    }
+def _inputs(o: Observation) -> TuningInputs:
+    return TuningInputs(
+        pods=o.pods,
+        throughput_per_pod=round(o.throughput, 3),
+        in_flight_per_pod=round(o.in_flight, 3),
+        p50_seconds=None if o.p50 is None else round(o.p50, 6),
+        p99_seconds=None if o.p99 is None else round(o.p99, 6),
+        rejected_ratio=round(o.rejected_ratio, 4),
+        listen_overflows_per_second=round(o.listen_overflows, 3),
+        idle_closes_per_second=round(o.idle_closes, 3),
+    )
+
+
+def tuned_values(decision: Decision, spec: AsgiServerSpec) -> TunedSettings:
+    """The decision as sidecar settings: with the adaptive limit on, its bounds follow."""
+    values = decision.values()
+    limit = decision.limit
+    if spec.adaptive_limit():
+        # The sidecar runs its own latency-driven limit: tune its bounds instead.
+        del values[LIMIT]
+        if limit is not None:
+            values[setting_alias("adaptive_min")] = max(1, limit // 2)
+            values[setting_alias("adaptive_max")] = limit * 2
+    return TunedSettings.model_validate(values)
+
+
+def _current(spec: AsgiServerSpec, tuned: TunedSettings, somaxconn: int | None) -> Current:
+    limit = tuned.limit_concurrency or spec.server.limit_concurrency
+    if spec.adaptive_limit() and tuned.adaptive_max is not None:
+        limit = max(1, tuned.adaptive_max // 2)  # the middle of the tuned bounds
+    return Current(
+        limit=limit,
+        backlog=tuned.backlog or spec.server.backlog,
+        keep_alive=tuned.timeout_keep_alive or spec.effective_keep_alive(),
+        somaxconn=somaxconn,
+        can_raise_somaxconn=spec.sysctls.mode != SysctlMode.none and spec.sysctls.somaxconn is None,
+    )
+
+
+def _resumed(body: dict[str, Any]) -> Tuned:
+    """What an earlier run of the operator stored, so tuning resumes from its values."""
+    status = AsgiServerStatus.read(body.get("status"))
+    condition = status.condition("Tuned")
+    verdict = (
+        Verdict(condition.status.value, condition.reason, condition.message)
+        if condition is not None
+        else Verdict("Unknown", "Collecting", "no metrics read yet")
+    )
+    return Tuned(tuning=status.tuning or Tuning(), verdict=verdict)
 
 
 class Autotuner:
+    """Tunes every AsgiServer with autotune enabled; ``report`` hands the results to reconcile."""
+
     def __init__(
         self, kube: Kube, metrics: TuningMetrics, address_map_file: Path | None = None
     ) -> None:
@@ -106,22 +158,38 @@ class Autotuner:
         self.states: dict[str, TunerState] = {}
 
     def due(self, body: dict[str, Any], now: float) -> bool:
-        spec = body.get("spec") or {}
-        if not (spec.get("autotune") or {}).get("enabled"):
+        try:
+            spec = AsgiServerSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return False  # reconcile reports it as InvalidSpec
+        if not spec.autotune.enabled:
             return False
         state = self.states.get(body["metadata"]["uid"])
         return state is None or now >= state.next_due
 
-    def tune(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        """One round for one AsgiServer; returns the status patch (None: nothing to say)."""
+    def report(self, body: dict[str, Any], spec: AsgiServerSpec) -> Tuned | None:
+        """The tuned values and the Tuned verdict for reconcile (None: not tuned)."""
+        uid = body["metadata"]["uid"]
+        if not spec.autotune.enabled:
+            self.states.pop(uid, None)
+            return None
+        state = self.states.get(uid)
+        if state is None:
+            state = self.states[uid] = TunerState(tuned=_resumed(body))
+        return state.tuned
+
+    def forget(self, uid: str) -> None:
+        self.states.pop(uid, None)
+
+    def tune(self, body: dict[str, Any]) -> bool:
+        """One round for one AsgiServer; True when the tuned values changed."""
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
         spec = AsgiServerSpec.model_validate(body.get("spec") or {})
-        state = self.states.setdefault(meta["uid"], TunerState())
+        self.report(body, spec)
+        state = self.states[meta["uid"]]
         state.next_due = time.monotonic() + spec.autotune.interval_seconds
-        status = body.get("status") or {}
-        tuning = dict(status.get("tuning") or {})
-        current_values = dict(tuning.get("current") or {})
+        before = state.tuned.tuning
         pods = self.kube.list_pods(namespace, f"{SELECTOR_LABEL}={name}")
         addresses = ready_pod_addresses(pods)
         if spec.autotune.prometheus_url:
@@ -143,102 +211,66 @@ class Autotuner:
                 )
         state.last_round = round_
         if observation is None:
-            return self._status(tuning, current_values, "Unknown", "Collecting",
-                                "first round of metrics read; deciding from the next one",
-                                status)  # fmt: skip
+            self._report(state, before, Verdict("Unknown", "Collecting",
+                         "first round of metrics read; deciding from the next one"))  # fmt: skip
+            return False
         state.history.append(observation)
         state.rounds += 1
-        limit = current_values.get("limitConcurrency", spec.server.limit_concurrency)
         deployment = self.kube.get_deployment(namespace, name)
-        current = Current(
-            limit=None if limit is None else int(limit),
-            backlog=int(current_values.get("backlog", spec.server.backlog)),
-            keep_alive=float(current_values.get("timeoutKeepAlive", spec.effective_keep_alive())),
-            somaxconn=current_somaxconn(deployment),
-            can_raise_somaxconn=spec.sysctls.mode != SysctlMode.none
-            and spec.sysctls.somaxconn is None,
-        )
+        current = _current(spec, before.current, current_somaxconn(deployment))
         decision = decide(list(state.history), current, bounds_of(spec), state.past)
         labels = {"namespace": namespace, "name": name}
         self.metrics.frozen.labels(**labels).set(1 if decision.frozen else 0)
         if decision.frozen:
-            return self._status(tuning, current_values, "False", "MetricsStale",
-                                f"tuning frozen, settings kept: {decision.frozen}",
-                                status)  # fmt: skip
-        record = self._record(decision, observation)
+            self._report(state, before, Verdict("False", "MetricsStale",
+                         f"tuning frozen, settings kept: {decision.frozen}"))  # fmt: skip
+            return False
+        now = timestamp()
+        records = [
+            TuningDecision(
+                time=now,
+                setting=c.setting,
+                from_=c.old,
+                to=c.new,
+                direction=c.direction,
+                reason=c.reason,
+                inputs=_inputs(observation),
+            )
+            for c in decision.changes
+        ]
+        tuned = tuned_values(decision, spec)
+        within = ""
+        if spec.adaptive_limit() and tuned.adaptive_max is not None:
+            within = f" (the adaptive limit within {tuned.adaptive_min}..{tuned.adaptive_max})"
         for change in decision.changes:
             state.past.append((state.rounds, change))
             self.metrics.decisions.labels(
                 setting=change.setting, direction=change.direction, **labels
             ).inc()
-            self.kube.post_event(
-                body,
-                "AutotuneDecision",
-                f"{change.setting} {change.old} -> {change.new}: {change.reason}",
-                kind="Normal",
-            )
-        current_values.update(self._values(decision, spec))
-        for setting, value in current_values.items():
+            said = f"{change.setting} {change.old} -> {change.new}{within}: {change.reason}"
+            log.info("AsgiServer %s/%s: %s", namespace, name, said)
+            self.kube.post_event(body, "AutotuneDecision", said, kind="Normal")
+        current_values = TunedSettings.model_validate(
+            {
+                **before.current.model_dump(exclude_none=True),
+                **tuned.model_dump(exclude_none=True),
+            }
+        )
+        for setting, value in current_values.model_dump(by_alias=True).items():
             if value is not None:
                 self.metrics.target.labels(setting=setting, **labels).set(float(value))
-        if record:
-            decisions = list(tuning.get("decisions") or []) + record
-            tuning["decisions"] = decisions[-KEEP_DECISIONS:]
+        tuning = before.model_copy(
+            update={
+                "current": current_values,
+                "decisions": [*before.decisions, *records][-KEEP_DECISIONS:],
+            }
+        )
         message = "; ".join(c.reason for c in decision.changes) or "; ".join(decision.notes)
-        return self._status(tuning, current_values, "True", "Tuning",
-                            message or "holding", status)  # fmt: skip
+        self._report(state, tuning, Verdict("True", "Tuning", message or "holding"))
+        return current_values != before.current
 
     @staticmethod
-    def _values(decision: Decision, spec: AsgiServerSpec) -> dict[str, Any]:
-        values: dict[str, Any] = {
-            "backlog": decision.backlog,
-            "timeoutKeepAlive": decision.keep_alive,
-        }
-        if getattr(spec.server, "adaptive", False) and decision.limit is not None:
-            # The sidecar runs its own latency-driven limit: tune its bounds instead.
-            values["adaptiveMin"] = max(1, decision.limit // 2)
-            values["adaptiveMax"] = decision.limit * 2
-        else:
-            values["limitConcurrency"] = decision.limit
-        return values
-
-    @staticmethod
-    def _record(decision: Decision, observation: Observation) -> list[dict[str, Any]]:
-        return [
-            {
-                "time": timestamp(),
-                "setting": c.setting,
-                "from": c.old,
-                "to": c.new,
-                "direction": c.direction,
-                "reason": c.reason,
-                "inputs": _inputs(observation),
-            }
-            for c in decision.changes
-        ]
-
-    @staticmethod
-    def _status(
-        tuning: dict[str, Any],
-        current_values: dict[str, Any],
-        condition_status: str,
-        reason: str,
-        message: str,
-        status: dict[str, Any],
-    ) -> dict[str, Any]:
-        tuning = {**tuning, "current": current_values, "lastRound": timestamp()}
-        conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Tuned"]
-        old: dict[str, Any] = next(
-            (c for c in status.get("conditions") or [] if c.get("type") == "Tuned"), {}
+    def _report(state: TunerState, tuning: Tuning, verdict: Verdict) -> None:
+        state.tuned = Tuned(
+            tuning=tuning.model_copy(update={"last_round": timestamp()}), verdict=verdict
         )
-        since = old.get("lastTransitionTime") if old.get("status") == condition_status else None
-        conditions.append(
-            {
-                "type": "Tuned",
-                "status": condition_status,
-                "reason": reason,
-                "message": message[:1000],
-                "lastTransitionTime": since or timestamp(),
-            }
-        )
-        return {"tuning": tuning, "conditions": conditions}

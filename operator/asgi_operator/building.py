@@ -13,9 +13,17 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from asgi_operator.models import GROUP, KIND, VERSION, AsgiServerSpec, Mode, SysctlMode
+from asgi_operator.models import (
+    GROUP,
+    KIND,
+    VERSION,
+    AsgiServerSpec,
+    Mode,
+    SysctlMode,
+    TunedSettings,
+)
 from asgi_sidecar.configuring import dump_settings
-from asgi_sidecar.settings import SidecarSettings
+from asgi_sidecar.settings import SidecarLimits, SidecarSettings
 
 Manifest = dict[str, Any]
 
@@ -79,30 +87,19 @@ def config_map_name(owner: Owner) -> str:
     return f"{owner.name}-sidecar"
 
 
-TUNABLE = {
-    "limitConcurrency": "limit_concurrency",
-    "timeoutKeepAlive": "timeout_keep_alive",
-    "backlog": "backlog",
-    "adaptiveMin": "adaptive_min",
-    "adaptiveMax": "adaptive_max",
-}
-
-
-def tuned_spec(spec: AsgiServerSpec, tuned: dict[str, Any] | None) -> AsgiServerSpec:
+def tuned_spec(spec: AsgiServerSpec, tuned: TunedSettings | None) -> AsgiServerSpec:
     """The spec with the autotuner's current values (``status.tuning.current``) applied.
 
-    The user's spec object is never written; the tuned values live in the status and
-    reach the Pods through the children built from this copy.
+    The user's spec object is never written; the tuned values reach the Pods
+    through the children built from this copy.  ``TunedSettings`` shares the
+    sidecar's field names, so the values go into ``spec.server`` as they are.
     """
-    if not tuned:
-        return spec
-    known = set(type(spec.server).model_fields)
-    update = {TUNABLE[k]: v for k, v in tuned.items() if k in TUNABLE and TUNABLE[k] in known}
+    update = tuned.model_dump(exclude_none=True) if tuned is not None else {}
     if not update:
         return spec
-    server = type(spec.server).model_validate({**spec.server.model_dump(), **update})
+    server = SidecarLimits.model_validate({**spec.server.model_dump(), **update})
     changes: dict[str, Any] = {"server": server}
-    if "timeout_keep_alive" in update:
+    if tuned is not None and tuned.timeout_keep_alive is not None:
         changes["client_profile"] = None  # the tuned keep-alive replaces the preset
     return spec.model_copy(update=changes)
 
@@ -134,6 +131,7 @@ def sidecar_settings(spec: AsgiServerSpec) -> SidecarSettings:
     """The sidecar's complete settings: the spec's limits plus the Pod's addresses."""
     limits = spec.server.model_dump()
     limits["timeout_keep_alive"] = spec.effective_keep_alive()
+    limits["adaptive"] = spec.adaptive_limit()
     # The Pod's preStop already waited for endpoints to update; the sidecar need not.
     limits["shutdown_delay"] = 0.0
     return SidecarSettings(

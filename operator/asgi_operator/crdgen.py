@@ -3,8 +3,11 @@
 Kubernetes wants a *structural* OpenAPI v3 schema: no ``$ref`` (inlined here),
 ``nullable: true`` instead of ``anyOf`` with null, ``exclusiveMinimum`` as a
 boolean beside ``minimum``, no titles, and a description on every field (so
-``kubectl explain`` helps).  Object fields whose default is built by a factory
-get ``default: {}`` so the API server applies the nested defaults.  Pure: no I/O
+``kubectl explain`` helps).  In the spec, object fields whose default is built
+by a factory get ``default: {}`` so the API server applies the nested defaults;
+the status gets no defaults (the operator writes all of it).  The status schema
+is ``AsgiServerStatus``'s own: nothing else may be stored there, so kopf keeps its
+bookkeeping in annotations (see ``handlers.py``).  Pure: no I/O
 (``python -m asgi_operator.crdgen`` prints the YAML; ``make crds`` writes it).
 """
 
@@ -14,6 +17,7 @@ import sys
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from asgi_operator.models import (
     GROUP,
@@ -23,6 +27,7 @@ from asgi_operator.models import (
     SINGULAR,
     VERSION,
     AsgiServerSpec,
+    AsgiServerStatus,
 )
 
 JsonSchema = dict[str, Any]
@@ -42,13 +47,15 @@ def _inline(node: Any, defs: dict[str, JsonSchema]) -> Any:
     return {k: _inline(v, defs) for k, v in node.items() if k not in _DROP and k != "$defs"}
 
 
-def _structural(node: Any) -> Any:
+def _structural(node: Any, defaults: bool = True) -> Any:
     """Rewrite JSON Schema 2020-12 idioms into Kubernetes' OpenAPI v3 subset."""
     if isinstance(node, list):
-        return [_structural(item) for item in node]
+        return [_structural(item, defaults) for item in node]
     if not isinstance(node, dict):
         return node
-    node = {k: _structural(v) for k, v in node.items()}
+    node = {k: _structural(v, defaults) for k, v in node.items()}
+    if not defaults:
+        node.pop("default", None)
     if "default" in node and node["default"] is None:
         del node["default"]  # unset means unset; a null default only adds noise
     any_of = node.get("anyOf")
@@ -80,25 +87,31 @@ def _structural(node: Any) -> Any:
     if node.get("type") == "object" and "properties" in node:
         node.pop("additionalProperties", None)
         for prop in node["properties"].values():
-            if prop.get("type") == "object" and "default" not in prop and "properties" in prop:
+            if (
+                defaults
+                and prop.get("type") == "object"
+                and "default" not in prop
+                and "properties" in prop
+            ):
                 prop["default"] = {}
     return node
 
 
-def spec_schema() -> JsonSchema:
-    raw = AsgiServerSpec.model_json_schema(by_alias=True, mode="serialization")
+def _schema(model: type[BaseModel], defaults: bool) -> JsonSchema:
+    raw = model.model_json_schema(by_alias=True, mode="serialization")
     defs = raw.pop("$defs", {})
-    schema: JsonSchema = _structural(_inline(raw, defs))
+    schema: JsonSchema = _structural(_inline(raw, defs), defaults)
     return schema
 
 
+def spec_schema() -> JsonSchema:
+    return _schema(AsgiServerSpec, defaults=True)
+
+
 def status_schema() -> JsonSchema:
-    # kopf records its own progress under status; unknown fields must survive.
-    return {
-        "type": "object",
-        "description": "Observed state, written by the operator.",
-        "x-kubernetes-preserve-unknown-fields": True,
-    }
+    schema = _schema(AsgiServerStatus, defaults=False)
+    schema["description"] = "Observed state, written by the operator."
+    return schema
 
 
 def check_descriptions(schema: JsonSchema, path: str = "spec") -> list[str]:

@@ -89,35 +89,6 @@ class Kube:
         labels: dict[str, str] = body.get("metadata", {}).get("labels") or {}
         return labels
 
-    def get_asgiserver(self, namespace: str, name: str) -> Manifest | None:
-        try:
-            body: Manifest = _json(
-                self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
-                )
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return body
-
-    def list_asgiservers(self, namespaces: list[str] | None) -> list[Manifest]:
-        """Every AsgiServer, cluster-wide (None) or in the given namespaces."""
-        if namespaces is None:
-            response = self.custom.list_cluster_custom_object(
-                GROUP, VERSION, PLURAL, _preload_content=False
-            )
-            items: list[Manifest] = _json(response).get("items", [])
-            return items
-        result: list[Manifest] = []
-        for namespace in namespaces:
-            response = self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, _preload_content=False
-            )
-            result += _json(response).get("items", [])
-        return result
-
     def patch_status(self, namespace: str, name: str, status: Manifest) -> None:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}

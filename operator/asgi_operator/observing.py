@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from asgi_operator.tuning import Observation
+from asgi_operator.observations import Observation
 
 REJECT_REASONS = frozenset({"concurrency_limit", "queue_full", "queue_timeout", "shutting_down"})
 MIN_USABLE_SHARE = 0.5

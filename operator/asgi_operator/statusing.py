@@ -3,7 +3,9 @@
 Every failure the schema cannot catch becomes a condition with a message that
 says what to change, never a traceback: a kubelet refusing the sysctls
 (``SysctlForbidden``), a namespace whose Pod Security level rejects them, Pods
-that do not become ready.
+that do not become ready.  Reconciling and autotuning both report here: the
+one ``AsgiServerStatus`` built by ``build_status`` holds the verdicts of both,
+so neither can overwrite what the other said.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgi_operator.models import AsgiServerSpec, SysctlMode
+from asgi_operator.models import (
+    AsgiServerSpec,
+    AsgiServerStatus,
+    Condition,
+    ConditionStatus,
+    Effective,
+    SysctlMode,
+    Tuning,
+)
 
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
 
@@ -22,7 +32,7 @@ class Observed:
     deployment: dict[str, Any] | None
     pods: list[dict[str, Any]] = field(default_factory=list)
     namespace_labels: dict[str, str] = field(default_factory=dict)
-    previous: list[dict[str, Any]] = field(default_factory=list)
+    previous: list[Condition] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,14 @@ class Verdict:
     status: str
     reason: str
     message: str
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """What autotuning reports for one AsgiServer: its status block and its condition."""
+
+    tuning: Tuning
+    verdict: Verdict
 
 
 def _sysctl_names(spec: AsgiServerSpec) -> str:
@@ -162,46 +180,104 @@ def conditions(spec: AsgiServerSpec, observed: Observed) -> dict[str, Verdict]:
 
 
 def merge_conditions(
-    verdicts: dict[str, Verdict], previous: list[dict[str, Any]], generation: int, now: str
-) -> list[dict[str, Any]]:
-    """Conditions in API form; lastTransitionTime moves only when the status changes."""
-    before = {c.get("type"): c for c in previous}
-    # Conditions this module does not own (Tuned, from the autotuner) are kept as they are.
-    result = [c for c in previous if c.get("type") not in verdicts]
+    verdicts: dict[str, Verdict], previous: list[Condition], generation: int, now: str
+) -> list[Condition]:
+    """The conditions of these verdicts; lastTransitionTime moves only when a status changes.
+
+    Only the given verdicts are returned: a condition nobody reports any more (Tuned,
+    once autotuning is disabled) is dropped.
+    """
+    before = {c.type: c for c in previous}
+    result = []
     for kind, verdict in verdicts.items():
         old = before.get(kind)
-        since = (
-            old.get("lastTransitionTime") if old and old.get("status") == verdict.status else None
-        )
+        status = ConditionStatus(verdict.status)
+        since = old.last_transition_time if old and old.status == status else None
         result.append(
-            {
-                "type": kind,
-                "status": verdict.status,
-                "reason": verdict.reason,
-                "message": verdict.message,
-                "lastTransitionTime": since or now,
-                "observedGeneration": generation,
-            }
+            Condition(
+                type=kind,
+                status=status,
+                reason=verdict.reason,
+                message=verdict.message[:1000],
+                last_transition_time=since or now,
+                observed_generation=generation,
+            )
         )
     return result
 
 
 def build_status(
-    spec: AsgiServerSpec, observed: Observed, somaxconn: int | None, now: str
-) -> dict[str, Any]:
+    spec: AsgiServerSpec,
+    observed: Observed,
+    somaxconn: int | None,
+    now: str,
+    tuned: Tuned | None = None,
+) -> AsgiServerStatus:
     verdicts = conditions(spec, observed)
+    if tuned is not None:
+        verdicts["Tuned"] = tuned.verdict
     _desired, current, _, ready = replica_counts(observed.deployment)
     backlog = spec.server.backlog
-    return {
-        "observedGeneration": observed.generation,
-        "conditions": merge_conditions(verdicts, observed.previous, observed.generation, now),
-        "effective": {
-            "backlog": backlog,
-            "somaxconn": somaxconn,
-            "backlogEffective": min(backlog, somaxconn) if somaxconn else None,
-            "limitConcurrency": spec.server.limit_concurrency,
-            "timeoutKeepAlive": spec.effective_keep_alive(),
-        },
-        "replicas": current,
-        "readyReplicas": ready,
-    }
+    return AsgiServerStatus(
+        observed_generation=observed.generation,
+        conditions=merge_conditions(verdicts, observed.previous, observed.generation, now),
+        effective=Effective(
+            backlog=backlog,
+            somaxconn=somaxconn,
+            backlog_effective=min(backlog, somaxconn) if somaxconn else None,
+            limit_concurrency=spec.server.limit_concurrency,
+            timeout_keep_alive=spec.effective_keep_alive(),
+        ),
+        replicas=current,
+        ready_replicas=ready,
+        tuning=None if tuned is None else tuned.tuning,
+    )
+
+
+def invalid_status(
+    problems: str, previous: list[Condition], generation: int, now: str
+) -> AsgiServerStatus:
+    """The status of a spec the schema let through but the models refuse."""
+    verdict = Verdict("True", "InvalidSpec", problems)
+    return AsgiServerStatus(
+        observed_generation=generation,
+        conditions=merge_conditions({"Degraded": verdict}, previous, generation, now),
+    )
+
+
+def new_problems(previous: list[Condition], current: list[Condition]) -> list[tuple[str, str]]:
+    """(reason, message) of the conditions that just turned bad: each is worth an Event."""
+    before = {(c.type, c.status, c.reason) for c in previous}
+    bad = {"SysctlsApplied": ConditionStatus.false, "Degraded": ConditionStatus.true}
+    return [
+        (c.reason, c.message)
+        for c in current
+        if bad.get(c.type) == c.status
+        and c.reason != "NotManaged"
+        and (c.type, c.status, c.reason) not in before
+    ]
+
+
+def changes(before: AsgiServerStatus, after: AsgiServerStatus) -> list[str]:
+    """What a new status says that the stored one did not, in words (for the log)."""
+    said = []
+    old = {c.type: c for c in before.conditions}
+    for condition in after.conditions:
+        was = old.get(condition.type)
+        if was is None or (was.status, was.reason) != (condition.status, condition.reason):
+            since = "" if was is None else f"{was.status.value} ({was.reason}) -> "
+            said.append(f"{condition.type} {since}{condition.status.value} ({condition.reason})")
+    if before.effective != after.effective and after.effective is not None:
+        now = after.effective.model_dump(by_alias=True, exclude_none=True)
+        if before.effective is None:
+            said.append("effective " + ", ".join(f"{k} {v}" for k, v in now.items()))
+        else:
+            old_effective = before.effective.model_dump(by_alias=True)
+            said += [
+                f"effective {k} {old_effective[k]} -> {v}"
+                for k, v in now.items()
+                if old_effective[k] != v
+            ]
+    if (before.replicas, before.ready_replicas) != (after.replicas, after.ready_replicas):
+        said.append(f"{after.ready_replicas}/{after.replicas} Pods ready")
+    return said

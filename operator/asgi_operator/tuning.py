@@ -4,28 +4,9 @@ Each interval the operator aggregates the sidecars' metrics into an
 ``Observation`` (per-Pod averages, see ``observing.py``); this module turns the
 recent observations into new settings.  No I/O, no clock.
 
-**limitConcurrency** aims at the knee of the app's latency curve: the most
-requests in flight that still run at the baseline latency, plus ``BUFFER``.
-
-* Past the knee, latency grows with concurrency (requests queue inside the app),
-  so ``in_flight / (p50 / baseline)`` estimates the knee directly (Little's law
-  at baseline latency).  The limit moves there in one step, at most halving.
-* Below the knee, latency stays at the baseline while the limit rejects work, so
-  the limit doubles until latency rises; a knee seen earlier caps the climb, so
-  a mildly overloaded server is not fed ever more concurrency (Gradient2's
-  complaint).
-* The baseline (minimum p50 over the window) is trusted only once the history
-  holds a saturated interval whose throughput fell short of the best at a lower
-  limit: proof that latency was measured below the knee.  Starting far past the
-  knee, every p50 includes queueing (a *poisoned* minimum); then the limit is
-  probed downwards, one interval at a time, while throughput holds.  Once
-  trusted there are no more probes, so no periodic 503 bursts (Envoy's minRTT
-  windows).
-* If a decrease leaves latency where it was, the latency is not queueing: the
-  app got slower, the baseline is *stale*, and it is measured again.
-
-Changes below ``HYSTERESIS`` are not made; steps are bounded to x``MAX_UP`` and
-x``MAX_DOWN`` per interval; everything stays within the AsgiServer's bounds.
+**limitConcurrency** aims at the knee of the app's latency curve (see
+``kneefinding.py``); changes below ``HYSTERESIS`` are not made, steps are
+bounded per interval, and everything stays within the AsgiServer's bounds.
 
 **backlog** doubles (within the ceiling) when the sidecar's own accept queue runs
 nearly full (ListenOverflows are namespace-wide and count the app's listener too,
@@ -46,262 +27,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-BUFFER = 0.15  # headroom above the estimated knee
-TOLERANCE = 0.25  # p50 within 25% of the baseline counts as "at baseline"
-HYSTERESIS = 0.1  # changes smaller than 10% are not made
-MAX_UP = 2.0
-MAX_DOWN = 0.5
-PROBE_DOWN = 0.5
-WINDOW = 120  # intervals of history considered (an hour at 30 s)
-SATURATED_REJECTIONS = 0.005  # 0.5% of requests refused means the limit binds
-SATURATED_IN_FLIGHT = 0.85  # or in-flight near the limit
-THROUGHPUT_HELD = 0.95
-THROUGHPUT_SHORT = 0.9
-REGIME_CHANGE = 0.25  # throughput at the same limit changed by this much: capacity changed
+from asgi_operator.kneefinding import HYSTERESIS, WINDOW, decide_limit
+from asgi_operator.observations import (
+    BACKLOG,
+    KEEP_ALIVE,
+    LIMIT,
+    Bounds,
+    Change,
+    Current,
+    Decision,
+    Observation,
+    saturated,
+)
+
+__all__ = [
+    "HYSTERESIS",
+    "WINDOW",
+    "Bounds",
+    "Change",
+    "Current",
+    "Decision",
+    "Observation",
+    "decide",
+    "decide_backlog",
+    "decide_keep_alive",
+    "decide_limit",
+    "saturated",
+]
+
 ROLLOUT_COOLDOWN = 10  # intervals between two backlog rollouts
 KEEP_ALIVE_STEP = 1.5
 KEEP_ALIVE_COOLDOWN = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One interval of fleet metrics, as per-Pod averages, and the settings in effect."""
-
-    limit: int | None  # limitConcurrency in effect
-    throughput: float  # admitted responses per second per Pod
-    in_flight: float  # average requests in flight per Pod (Little's law)
-    p50: float | None  # seconds, admitted requests
-    p99: float | None = None
-    rejected_ratio: float = 0.0  # 503 rejections / requests
-    listen_overflows: float = 0.0  # per second, Pods' network namespaces
-    accept_queue_peak: float = 0.0  # connections waiting to be accepted, highest Pod
-    accept_queue_full: float = 0.0  # share of the time the sidecar's accept queue was ~full
-    backlog_effective: int | None = None
-    keep_alive: float = 75.0  # timeout in effect
-    idle_closes: float = 0.0  # idle-timeout closes per second per Pod
-    new_connections: float = 0.0  # connections opened per second per Pod
-    reuse_near_timeout: float = 0.0  # share of reused requests idle > 80% of the timeout
-    idle_connections: float = 0.0  # per Pod
-    max_connections: int | None = None
-    reuse_ratio: float = 0.0  # reused requests / requests
-    pods: int = 1
-    stale: str | None = None  # why these figures cannot be used
-
-
-@dataclass(frozen=True, slots=True)
-class Current:
-    limit: int | None
-    backlog: int
-    keep_alive: float
-    somaxconn: int | None  # None: sysctls.mode none, the node's value
-    can_raise_somaxconn: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Bounds:
-    limit_min: int = 1
-    limit_max: int = 10_000
-    keep_alive_min: float = 5.0
-    keep_alive_max: float = 300.0
-    backlog_min: int = 128
-    backlog_max: int = 65_535
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    setting: str  # limitConcurrency | backlog | timeoutKeepAlive
-    old: float | None
-    new: float
-    reason: str
-
-    @property
-    def direction(self) -> str:
-        return "up" if self.old is None or self.new > self.old else "down"
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    limit: int | None
-    backlog: int
-    keep_alive: float
-    changes: tuple[Change, ...] = ()
-    frozen: str | None = None  # set when nothing could be decided, with the reason
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def needs_rollout(self) -> bool:
-        return any(c.setting == "backlog" for c in self.changes)
-
-
-def saturated(o: Observation) -> bool:
-    if o.rejected_ratio > SATURATED_REJECTIONS:
-        return True
-    return o.limit is not None and o.in_flight >= SATURATED_IN_FLIGHT * o.limit
-
-
-def _clamp(value: float, low: float, high: float) -> float:
-    return max(low, min(high, value))
-
-
-def _limit_change(old: int, new: float, bounds: Bounds, reason: str) -> tuple[int, str] | None:
-    target = round(_clamp(new, bounds.limit_min, bounds.limit_max))
-    if abs(target - old) < max(1.0, HYSTERESIS * old):
-        return None
-    return target, reason
-
-
-def decide_limit(history: Sequence[Observation], limit: int, bounds: Bounds) -> tuple[int, str]:
-    """The new limit and why (the same limit when holding)."""
-    window = [o for o in history[-WINDOW:] if o.p50 and o.throughput > 0 and o.limit]
-    if not window or window[-1] is not history[-1]:
-        return limit, "no traffic in the last interval: holding"
-    window = window[_regime_start(window) :]
-    now = window[-1]
-    assert now.p50 is not None
-    busy = [o for o in window if saturated(o)] or [now]
-    baseline = min(o.p50 for o in window if o.p50)
-    top = max(busy, key=lambda o: o.throughput)
-    best = top.throughput
-    # Proof the baseline was measured below the knee: a lower limit lost throughput.
-    trusted = any(
-        o.throughput < THROUGHPUT_SHORT * best and (o.limit or 0) < (top.limit or 0) for o in busy
-    )
-    if not saturated(now):
-        ratio = now.p50 / baseline
-        if trusted and ratio > 1 + TOLERANCE:
-            # Not binding, yet latency is well above the baseline: requests queue inside
-            # the app. A limit near the knee protects the latency of admitted requests.
-            knee = now.in_flight / ratio
-            target = min(knee * (1 + BUFFER), limit * (1 - HYSTERESIS))
-            return _apply(
-                limit,
-                max(target, limit * MAX_DOWN),
-                bounds,
-                f"p50 {ratio:.1f}x the baseline with {now.in_flight:.0f} in flight, below the"
-                f" limit: requests queue in the app; the knee is about {knee:.0f}",
-            )
-        return limit, "the limit is not binding (no rejections, in-flight below it): holding"
-    prev = window[-2] if len(window) > 1 else None
-    ratio = now.p50 / baseline
-    decreased = prev is not None and (now.limit or 0) < 0.95 * (prev.limit or 0)
-
-    if decreased and prev is not None and prev.p50 and ratio > 1 + TOLERANCE:  # noqa: SIM102
-        if now.p50 >= 0.95 * prev.p50:
-            # Fewer in flight, same latency: not queueing. The app itself got slower.
-            return limit, (
-                f"latency stayed at {now.p50 * 1000:.1f} ms with fewer requests in flight: the"
-                " baseline is stale and is measured again; holding"
-            )
-    if ratio > 1 + TOLERANCE:
-        knee = now.in_flight / ratio
-        target = _clamp(knee * (1 + BUFFER), limit * MAX_DOWN, limit * (1 - HYSTERESIS))
-        there = round(target)
-        tried = [o.throughput for o in busy if o.limit and 0.9 * there <= o.limit <= 1.1 * there]
-        if trusted and tried and max(tried) < THROUGHPUT_HELD * best:
-            # That lower limit was tried and served clearly less: latency rises here
-            # because the app is kept busy, not because it is overloaded. Hold.
-            return limit, (
-                f"p50 {ratio:.1f}x the baseline, but a limit of {there} served only"
-                f" {max(tried):.0f}/s of {best:.0f}/s before: holding"
-            )
-        return _apply(
-            limit,
-            target,
-            bounds,
-            f"p50 {ratio:.1f}x the baseline with {now.in_flight:.0f} in flight: past the"
-            f" knee, estimated at {knee:.0f}",
-        )
-    if not trusted and decreased and prev is not None:  # noqa: SIM102
-        if now.throughput >= THROUGHPUT_HELD * prev.throughput:
-            return _apply(
-                limit,
-                limit * PROBE_DOWN,
-                bounds,
-                "throughput held with fewer requests in flight and the baseline is not yet"
-                " proven: probing lower",
-            )
-    # Knee estimates from intervals past the knee; only once the baseline is proven, since
-    # a poisoned baseline makes them meaningless.
-    uppers = [
-        (o.in_flight * baseline / o.p50)
-        for o in busy
-        if trusted and o.p50 and o.p50 / baseline > 1 + TOLERANCE and (o.limit or 0) > limit
-    ]
-    if uppers:
-        target = min(uppers) * (1 + BUFFER)
-        if limit >= target / (1 + HYSTERESIS):
-            if trusted:
-                # Latency says "knee", but if a higher limit served clearly more, the
-                # estimate is too low (a proxy hop or I/O pauses hide idle app time).
-                enough = [
-                    o.limit for o in busy if o.limit and o.throughput >= THROUGHPUT_HELD * best
-                ]
-                if now.throughput < THROUGHPUT_HELD * best and enough and min(enough) > limit:
-                    return _apply(
-                        limit,
-                        min(limit * MAX_UP, *enough),
-                        bounds,
-                        f"throughput {now.throughput:.0f}/s is short of the {best:.0f}/s a"
-                        f" limit of {min(enough)} served: rising towards it",
-                    )
-                return limit, f"at the knee (about {min(uppers):.0f} in flight): holding"
-            return _apply(
-                limit,
-                limit * PROBE_DOWN,
-                bounds,
-                "at the apparent knee but the baseline latency was only seen under"
-                " saturation: probing lower",
-            )
-        return _apply(
-            limit,
-            min(limit * MAX_UP, target),
-            bounds,
-            f"rejecting at baseline latency; the knee is about {min(uppers):.0f}: rising to it",
-        )
-    if not trusted:
-        # The baseline was only ever measured with the limit full: it may include queueing
-        # inside the app (a poisoned minimum). Going down shows which: throughput holds
-        # past the knee and falls below it. Going up first would learn nothing.
-        start = min(limit, max(now.in_flight, bounds.limit_min))
-        return _apply(
-            limit,
-            start * PROBE_DOWN,
-            bounds,
-            "rejecting, but the baseline latency was only seen with the limit full:"
-            " probing lower to find the knee",
-        )
-    if limit < bounds.limit_max:
-        return _apply(
-            limit,
-            limit * MAX_UP,
-            bounds,
-            "rejecting while latency stays at the baseline: below the knee, rising",
-        )
-    return limit, "at the upper bound: holding"
-
-
-def _regime_start(window: Sequence[Observation]) -> int:
-    """Index where the app's capacity last changed: the same limit serving a quarter more
-    or less than it did before.  What was learned before then no longer holds."""
-    start = 0
-    for i, o in enumerate(window):
-        for earlier in window[start:i]:
-            same_limit = o.limit and earlier.limit and abs(o.limit - earlier.limit) <= 0.1 * o.limit
-            if same_limit and saturated(o) and saturated(earlier):
-                change = o.throughput / earlier.throughput
-                if change < 1 - REGIME_CHANGE or change > 1 / (1 - REGIME_CHANGE):
-                    start = i
-                    break
-    return start
-
-
-def _apply(limit: int, target: float, bounds: Bounds, reason: str) -> tuple[int, str]:
-    change = _limit_change(limit, target, bounds, reason)
-    if change is None:
-        return limit, f"{reason} (change under {HYSTERESIS:.0%}: holding)"
-    return change
 
 
 def decide_backlog(
@@ -331,9 +88,7 @@ def decide_backlog(
         return None
     if needs_pods and current.somaxconn is None:
         return None  # sysctls.mode none: somaxconn cannot follow; the status reports it
-    recent = [
-        i for i, c in past if c.setting == "backlog" and interval_index - i < ROLLOUT_COOLDOWN
-    ]
+    recent = [i for i, c in past if c.setting == BACKLOG and interval_index - i < ROLLOUT_COOLDOWN]
     if needs_pods and recent:
         return None
     return new, f"{why}: doubling the backlog"
@@ -348,9 +103,7 @@ def decide_keep_alive(
 ) -> tuple[float, str] | None:
     now = history[-1]
     recent = [
-        i
-        for i, c in past
-        if c.setting == "timeoutKeepAlive" and interval_index - i < KEEP_ALIVE_COOLDOWN
+        i for i, c in past if c.setting == KEEP_ALIVE and interval_index - i < KEEP_ALIVE_COOLDOWN
     ]
     if recent:
         return None
@@ -403,19 +156,19 @@ def decide(
     start = limit if limit is not None else bounds.limit_max
     new_limit, why = decide_limit(history, start, bounds)
     if new_limit != start or limit is None:
-        changes.append(Change("limitConcurrency", limit, new_limit, why))
+        changes.append(Change(LIMIT, limit, new_limit, why))
         limit = new_limit
     else:
         notes.append(why)
     backlog = current.backlog
     grown = decide_backlog(history, current, bounds, past, index)
     if grown is not None:
-        changes.append(Change("backlog", backlog, grown[0], grown[1]))
+        changes.append(Change(BACKLOG, backlog, grown[0], grown[1]))
         backlog = grown[0]
     keep_alive = current.keep_alive
     moved = decide_keep_alive(history, current, bounds, past, index)
     if moved is not None and not math.isclose(moved[0], keep_alive):
-        changes.append(Change("timeoutKeepAlive", keep_alive, moved[0], moved[1]))
+        changes.append(Change(KEEP_ALIVE, keep_alive, moved[0], moved[1]))
         keep_alive = moved[0]
     return Decision(
         limit=limit,

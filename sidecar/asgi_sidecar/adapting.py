@@ -1,10 +1,11 @@
 """The fast level of autotuning: a latency-driven concurrency limit (``--adaptive``).
 
-Pure: no asyncio, no clock, no I/O; callers pass times in.  The proxy calls
-``record`` once per admitted request when its response ends and ``update``
-every ``UPDATE_INTERVAL`` (0.25 s); a number returned by ``update`` is the new
-limit, applied with ``ConcurrencyLimiter.reconfigure`` (which admits queued
-waiters when it rises).
+Pure: no asyncio, no clock, no I/O; callers pass times in.  The admission
+engine (``admitting.Admission``, in both modes) calls ``record`` once per
+admitted request when its response ends and ``update`` every
+``UPDATE_INTERVAL`` (0.25 s); a number returned by ``update`` is the new limit,
+applied with ``ConcurrencyLimiter.reconfigure`` (which admits queued waiters
+when it rises).
 
 Algorithm (a gradient controller like Envoy's adaptive concurrency filter, with
 the known failures of the anchors designed out):

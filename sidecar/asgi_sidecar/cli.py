@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     _install_uvloop()
     try:
         if args.command == "proxy":
-            from asgi_sidecar.running import run_proxy
+            from asgi_sidecar.serving import run_proxy
 
             return asyncio.run(
                 run_proxy(settings, config_path=args.config, environ=os.environ, flags=flags)

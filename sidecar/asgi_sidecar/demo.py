@@ -1,4 +1,4 @@
-"""``make run``: a small FastAPI app behind the sidecar on localhost.
+"""``make demo``: a small FastAPI app behind the sidecar on localhost.
 
 Starts the demo app on uvicorn and the sidecar in front of it as two real
 processes, exactly as they would run in a Pod, prints where to send traffic and

@@ -3,15 +3,18 @@
 No proxy hop: uvicorn runs the app on a socket the sidecar opened with the
 configured backlog.  Three pieces adapt uvicorn:
 
-* ``AdmissionMiddleware`` replaces ``limit_concurrency``: it counts requests,
-  not connections, admits exactly N, queues, and answers 503 with Retry-After
-  on a connection that stays open.
+* ``AdmissionMiddleware`` replaces ``limit_concurrency`` with the admission
+  engine the proxy uses (``admitting.py``): it counts requests, not
+  connections, admits exactly N, queues, and answers 503 with Retry-After on a
+  connection that stays open.
 * ``GuardedProtocol`` (a uvicorn protocol subclass) starts the idle timer when a
   connection opens, so one that never sends a byte is closed too, adds the
   header timeout (408), tracks idle connections for ``max_connections`` and
   feeds the connection metrics.
-* ``DrainingServer`` turns SIGTERM into: readiness 503, ``shutdown_delay``, then
-  uvicorn's graceful shutdown bounded by ``timeout_graceful_shutdown``.
+* ``EmbeddedServer`` is what the process runner (``running.py``) runs: it keeps
+  uvicorn off the signals, so SIGTERM drains as in proxy mode (readiness 503,
+  ``shutdown_delay``, then uvicorn's graceful shutdown bounded by
+  ``timeout_graceful_shutdown``).
 
 uvicorn owns the accept loop here, so at ``max_connections`` with nothing idle a
 new connection is closed at once instead of being left in the accept queue (the
@@ -21,36 +24,28 @@ proxy mode can leave it there).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib
 import logging
+import socket
 import sys
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from time import monotonic
-from typing import Any
+from typing import Any, Final
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from asgi_sidecar import __version__
-from asgi_sidecar.adapting import UPDATE_INTERVAL
-from asgi_sidecar.admin import AdminServer
-from asgi_sidecar.http1 import simple_response
-from asgi_sidecar.limiting import ConcurrencyLimiter
-from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
-from asgi_sidecar.reloading import ConfigWatcher
-from asgi_sidecar.serving import (
-    SWEEP_INTERVAL,
-    adaptive_limit,
-    live_settings,
-    measure_backlog,
-    open_listener,
-    read_gauges,
-)
+from asgi_sidecar import http1
+from asgi_sidecar.admitting import QUEUED, Admission
+from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
+from asgi_sidecar.metrics import Gauges
+from asgi_sidecar.running import run
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
-from asgi_sidecar.tracking import Deadlines
+from asgi_sidecar.tracking import SWEEP_INTERVAL, Deadlines
 
 log = logging.getLogger("asgi_sidecar")
 
@@ -60,71 +55,114 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-REJECT_BODY = b"Service Unavailable: the server is at its concurrency limit, retry later\n"
+
+def _wake(waiter: asyncio.Future[None]) -> bool:
+    """A slot came free for a queued request; False if it already gave up."""
+    if waiter.done():
+        return False
+    waiter.set_result(None)
+    return True
 
 
-class EmbeddedState:
-    """Shared by the middleware, the protocols and the metrics of one process."""
+class EmbeddedServer:
+    """uvicorn with the sidecar's admission, timeouts and metrics: a ``running.Server``."""
 
-    def __init__(self, settings: SidecarSettings) -> None:
+    mode: Final = "embedded"
+
+    def __init__(
+        self, target: str, app: ASGIApp, settings: SidecarSettings, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.settings = settings
+        self.loop = loop
         self.stats = Stats()
-        self.adaptive = adaptive_limit(settings)
-        self._adapt_at = 0.0
-        self.limiter: ConcurrencyLimiter[asyncio.Future[None]] = ConcurrencyLimiter(
-            self.adaptive.current if self.adaptive else settings.limit_concurrency,
-            settings.queue_depth,
+        self.admission: Admission[asyncio.Future[None]] = Admission(
+            settings, self.stats, loop.time, _wake
         )
         self.connections: set[GuardedProtocol] = set()
         self.idle: Deadlines[GuardedProtocol] = Deadlines()
         self.heads: Deadlines[GuardedProtocol] = Deadlines()
-        self.config: uvicorn.Config | None = None
         self.ready = False
-        self.listener: Any = None
+        self.listener: socket.socket | None = None
         self.effective_backlog = settings.backlog
+        self._target = target
+        self._sweeper: asyncio.TimerHandle | None = None
+        protocol = type("Protocol", (GuardedProtocol,), {"state": self})
+        self.config = uvicorn.Config(
+            AdmissionMiddleware(app, self),
+            http=protocol,
+            loop="none",
+            lifespan="auto",
+            timeout_keep_alive=int(max(1, settings.timeout_keep_alive)),
+            timeout_graceful_shutdown=int(max(1, settings.timeout_graceful_shutdown)),
+            backlog=settings.backlog,
+            log_config=None,
+            access_log=False,
+        )
+        self.server = _Uvicorn(self.config)
+
+    # -- lifecycle (running.Server) ---------------------------------------------------------
+
+    def open(self) -> None:
+        self._sweep()
+        settings = self.settings
+        self.listener = open_listener(settings.host, settings.port, settings.backlog)
+        self.effective_backlog = measure_backlog(self.listener, settings.backlog)
+
+    def describe(self) -> str:
+        assert self.listener is not None
+        port = self.listener.getsockname()[1]
+        return f"serving {self._target} on http://{self.settings.host}:{port}"
+
+    async def readiness(self) -> tuple[bool, str]:
+        return (True, "ok") if self.ready else (False, "not ready")
+
+    async def serve(self) -> int:
+        assert self.listener is not None
+        # Everything imported and built so far lives as long as the process: keep it out of
+        # the garbage collector's full passes, which per-request garbage triggers.
+        gc.collect()
+        gc.freeze()
+        self.ready = True
+        try:
+            await self.server.serve(sockets=[self.listener])
+        finally:
+            self.listener.close()
+        return 0 if self.server.started else 1
+
+    def stop_accepting(self) -> None:
+        self.server.should_exit = True  # uvicorn closes the listener and idle connections
+
+    async def finish(self, timeout: float) -> None:
+        """Nothing to wait for here: uvicorn's shutdown is bounded by the same timeout."""
+
+    def abort(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    # -- settings and deadlines -------------------------------------------------------------
 
     def apply(self, new: SidecarSettings) -> None:
-        new = live_settings(self.settings, new)
         old, self.settings = self.settings, new
-        self.adaptive = adaptive_limit(new, self.adaptive)
-        self._reconfigure(self.adaptive.current if self.adaptive else new.limit_concurrency)
+        self.admission.apply(new)
         if new.backlog != old.backlog and self.listener is not None:
             self.listener.listen(new.backlog)
             self.effective_backlog = measure_backlog(self.listener, new.backlog)
         keep_alive = int(max(1, new.timeout_keep_alive))
-        if self.config is not None:
-            self.config.timeout_keep_alive = keep_alive  # for connections opened from now on
+        self.config.timeout_keep_alive = keep_alive  # for connections opened from now on
         for proto in self.connections:
             proto.timeout_keep_alive = keep_alive  # from their next idle period
         if new.header_timeout < old.header_timeout:
-            self.heads.unordered(asyncio.get_running_loop().time() + old.header_timeout)
+            self.heads.unordered(self.loop.time() + old.header_timeout)
 
-    def sweep(self) -> None:
-        """Every 0.1 s: answer 408 to clients whose headers are overdue."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+    def _sweep(self) -> None:
+        """Every 0.1 s: answer 408 to clients whose headers are overdue; adapt the limit."""
+        now = self.loop.time()
         for proto in self.heads.pop_expired(now):
             proto.header_timed_out()
-        if self.adaptive is not None and now >= self._adapt_at:
-            self._adapt_at = max(self._adapt_at, now - UPDATE_INTERVAL) + UPDATE_INTERVAL
-            limit = self.adaptive.update(now, self.limiter.in_flight)
-            if limit is not None:
-                self._reconfigure(limit)
-        loop.call_later(SWEEP_INTERVAL, self.sweep)
-
-    def _reconfigure(self, limit: int | None) -> None:
-        for waiter in self.limiter.reconfigure(limit, self.settings.queue_depth):
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def release(self) -> None:
-        while True:
-            waiter = self.limiter.release()
-            if waiter is None or not waiter.done():
-                break
-            # a waiter that already gave up: pass the slot on
-        if waiter is not None:
-            waiter.set_result(None)
+        self.admission.tick(now)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def gauges(self) -> Gauges:
         return read_gauges(
@@ -133,16 +171,23 @@ class EmbeddedState:
             effective_backlog=self.effective_backlog,
             connections=len(self.connections),
             idle=len(self.idle),
-            limiter=self.limiter,
-            adaptive=self.adaptive,
+            admission=self.admission,
             ready=self.ready,
         )
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server without its signal handlers: the runner owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class AdmissionMiddleware:
     """Concurrency limit on requests (not connections), with queue and Retry-After."""
 
-    def __init__(self, app: ASGIApp, state: EmbeddedState) -> None:
+    def __init__(self, app: ASGIApp, state: EmbeddedServer) -> None:
         self.app = app
         self.state = state
 
@@ -151,32 +196,28 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         state = self.state
-        limiter = state.limiter
-        stats = state.stats
+        admission = state.admission
         queued_at = -1.0
-        if not limiter.try_acquire():
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[None] = loop.create_future()
-            settings = state.settings
-            if not limiter.enqueue(waiter, loop.time() + settings.queue_timeout):
-                reason = "queue_full" if limiter.queue_depth else "concurrency_limit"
-                await self._reject(send, reason)
+        if not admission.try_acquire():
+            waiter: asyncio.Future[None] = state.loop.create_future()
+            outcome = admission.queue(waiter)
+            if outcome != QUEUED:
+                await self._reject(send, outcome)
                 return
             queued_at = monotonic()
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), settings.queue_timeout)
+                await asyncio.wait_for(asyncio.shield(waiter), state.settings.queue_timeout)
             except TimeoutError:
-                if limiter.cancel(waiter):
+                if admission.cancel(waiter):
                     await self._reject(send, "queue_timeout")
                     return
                 # admitted just as the wait ended: fall through holding the slot
             except asyncio.CancelledError:
-                if not limiter.cancel(waiter):
-                    state.release()
+                if not admission.cancel(waiter):
+                    admission.release()
                 raise
         started = monotonic()
-        if queued_at >= 0:
-            stats.queue_wait.observe(started - queued_at)
+        admission.started(queued_at, started)
         status = 500
 
         async def counting_send(message: Message) -> None:
@@ -188,27 +229,16 @@ class AdmissionMiddleware:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            stats.requests[status] += 1
-            duration = monotonic() - started
-            stats.request_duration.observe(duration)
-            if state.adaptive is not None:
-                state.adaptive.record(duration, limiter.in_flight)
-            state.release()
+            state.stats.requests[status] += 1
+            admission.finished(monotonic() - started)
 
     async def _reject(self, send: Send, reason: str) -> None:
-        self.state.stats.rejected[reason] += 1
-        self.state.stats.requests[503] += 1
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"retry-after", str(self.state.settings.retry_after).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": REJECT_BODY})
+        stats = self.state.stats
+        stats.rejected[reason] += 1
+        stats.requests[503] += 1
+        headers = http1.rejection_fields(self.state.settings.retry_after)
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": http1.REJECTION_BODY})
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -219,7 +249,7 @@ class GuardedProtocol(HttpToolsProtocol):
     keep-alive timer (same timeout) does the idle closing.
     """
 
-    state: EmbeddedState  # set on the subclass made per process
+    state: EmbeddedServer  # set on the subclass made per process
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         state = self.state
@@ -280,7 +310,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.state.stats.rejected["header_timeout"] += 1
         self._close_reason = "header_timeout"
         if not self.transport.is_closing():
-            self.transport.write(simple_response(408, b"Request Timeout\n", keep_alive=False))
+            self.transport.write(http1.REQUEST_TIMEOUT)
             self.transport.close()
 
     def on_response_complete(self) -> None:
@@ -288,31 +318,6 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.timeout_keep_alive_task is not None:  # uvicorn found nothing pipelined
             self._idle_since = monotonic()
             self.state.idle.add(self, 0.0)
-
-
-class DrainingServer(uvicorn.Server):
-    """SIGTERM: readiness 503 first, exit after shutdown_delay."""
-
-    def __init__(self, config: uvicorn.Config, state: EmbeddedState) -> None:
-        super().__init__(config)
-        self.state = state
-        self._drain_started = -1.0
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        if self._drain_started < 0:
-            self.state.ready = False
-            self._drain_started = monotonic()
-            log.info("draining: readiness is now 503")
-            return
-        super().handle_exit(sig, frame)
-
-    async def on_tick(self, counter: int) -> bool:
-        if (
-            self._drain_started >= 0
-            and monotonic() - self._drain_started >= self.state.settings.shutdown_delay
-        ):
-            self.should_exit = True
-        return await super().on_tick(counter)
 
 
 def load_app(target: str, app_dir: str) -> ASGIApp:
@@ -337,66 +342,7 @@ async def run_embedded(
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
 ) -> int:
+    """``asgi-sidecar serve``: the whole process, until SIGTERM."""
     app = load_app(target, app_dir)
-    state = EmbeddedState(settings)
-    protocol = type("Protocol", (GuardedProtocol,), {"state": state})
-    config = uvicorn.Config(
-        AdmissionMiddleware(app, state),
-        http=protocol,
-        loop="none",
-        lifespan="auto",
-        timeout_keep_alive=int(max(1, settings.timeout_keep_alive)),
-        timeout_graceful_shutdown=int(max(1, settings.timeout_graceful_shutdown)),
-        backlog=settings.backlog,
-        log_config=None,
-        access_log=False,
-    )
-    state.config = config
-    state.sweep()
-    listener = open_listener(settings.host, settings.port, settings.backlog)
-    state.listener = listener
-    state.effective_backlog = measure_backlog(listener, settings.backlog)
-
-    def info() -> dict[str, str]:
-        return settings_info(state.settings.model_dump(), "embedded", __version__)
-
-    registry = make_registry(SidecarCollector(state.stats, state.gauges, info))
-
-    async def readiness() -> tuple[bool, str]:
-        return (True, "ok") if state.ready else (False, "not ready")
-
-    admin = AdminServer(registry, readiness)
-    await admin.start(settings.metrics_host, settings.metrics_port)
-    watcher_task = None
-    if config_path is not None:
-        watcher = ConfigWatcher(
-            config_path,
-            environ or {},
-            flags or {},
-            state.apply,
-            lambda result: state.stats.config_reloads.update([result]),
-        )
-        watcher_task = asyncio.get_running_loop().create_task(watcher.run())
-    server = DrainingServer(config, state)
-    # Everything imported and built so far lives as long as the process: keep it out of
-    # the garbage collector's full passes, which per-request garbage triggers.
-    gc.collect()
-    gc.freeze()
-    state.ready = True
-    log.info(
-        "asgi-sidecar %s serving %s on http://%s:%d; metrics on http://%s:%d/metrics",
-        __version__,
-        target,
-        settings.host,
-        listener.getsockname()[1],
-        settings.metrics_host,
-        admin.port,
-    )
-    try:
-        await server.serve(sockets=[listener])
-    finally:
-        if watcher_task is not None:
-            watcher_task.cancel()
-        await admin.close()
-        listener.close()
-    return 0 if server.started else 1
+    server = EmbeddedServer(target, app, settings, asyncio.get_running_loop())
+    return await run(server, config_path=config_path, environ=environ, flags=flags)

@@ -1,107 +1,185 @@
-"""HTTP/1.1 pieces the proxy needs that a request parser does not give: pure functions.
+"""HTTP/1.1 as the sidecar writes it, as pure functions: rewritten heads, generated responses.
 
 Request heads are parsed by httptools (llhttp, which also refuses
 Content-Length with Transfer-Encoding and duplicate Content-Length, the usual
-request-smuggling vectors).  Response heads from the upstream are parsed here,
-because the proxy must know a response's framing (HEAD, 1xx, 204, 304, chunked)
-to forward bodies without buffering them.
+request-smuggling vectors); ``RequestHead`` takes its callbacks and rewrites the
+head for the upstream, and ``client_head`` rewrites an upstream response head
+for the client.  Every response the sidecar makes itself (400, 408, 417, 431,
+502, 503, 504) is built here and nowhere else; ``framing.py`` reads the
+upstream's responses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Final
 
-# Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1).
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
+from asgi_sidecar.framing import HOP_BY_HOP, ResponseHead
+
+# Request headers that RequestHead looks at rather than copying through.
+_SPECIAL: Final = HOP_BY_HOP | {
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"expect",
+    b"content-length",
+}
+# Named in Connection, these are still kept: dropping the framing or the Host would
+# desync the upstream.
+_NEVER_DROPPED: Final = (b"close", b"keep-alive", b"upgrade", b"content-length", b"host")
+
+TEXT_PLAIN: Final = "text/plain; charset=utf-8"
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+CLOSE_END: Final = b"connection: close\r\n\r\n"  # the end of a head whose connection closes
+REJECTION_BODY: Final = (
+    b"Service Unavailable: the server is at its concurrency limit, retry later\n"
 )
-MAX_CHUNK_LINE = 8192
 
 
-class ProtocolError(Exception):
-    """The upstream sent something that is not HTTP/1.x."""
+class HeaderTooLargeError(Exception):
+    """The request head is over max_header_size: 431 and close."""
 
 
-@dataclass(slots=True)
-class ResponseHead:
-    status: int
-    status_line: bytes  # "HTTP/1.1 200 OK", normalised to HTTP/1.1
-    headers: bytes  # the end-to-end header lines, each ending in CRLF
-    content_length: int | None
-    chunked: bool
-    close: bool  # the upstream will close this connection after the response
-    upgrade: bool
+class BadTransferEncodingError(Exception):
+    """Transfer-Encoding whose final coding is not chunked: 400 and close (RFC 9112 6.3)."""
 
 
-def parse_response_head(head: bytes) -> ResponseHead:
-    """Parse an upstream response head (without the blank line that ends it)."""
-    lines = head.split(b"\r\n")
-    first = lines[0]
-    if len(first) < 12 or not first.startswith(b"HTTP/1.") or first[8:9] != b" ":
-        raise ProtocolError(f"bad status line {first[:64]!r}")
-    try:
-        status = int(first[9:12])
-    except ValueError:
-        raise ProtocolError(f"bad status code in {first[:64]!r}") from None
-    http10 = first[7:8] == b"0"
-    close = http10
+# -- requests -------------------------------------------------------------------------------
+
+
+class RequestHead:
+    """A request head as httptools reports it, rewritten for the upstream.
+
+    Hop-by-hop headers (and those Connection names) are dropped, X-Forwarded-For
+    gets the peer appended and X-Forwarded-Proto is added if absent.  Defaults
+    live on the class so that a request only stores what differs.
+    """
+
+    method = b""
+    url = b""
+    head_size = 0
+    head_bytes = b""  # the rewritten head, once ``rewrite`` ran
+    xff = b""
+    proto_seen = False
+    upgrade = b""
+    expect_continue = False
     chunked = False
-    upgrade = False
-    content_length: int | None = None
-    kept: list[bytes] = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise ProtocolError(f"bad header line {line[:64]!r}")
+    te_last = b""  # the final coding in Transfer-Encoding
+    has_body = False
+    http10 = False
+    keep_alive = True
+    error: tuple[int, str] | None = None  # a refusal owed to this request
+
+    def __init__(self) -> None:
+        self.head: list[bytes] = []
+        self.conn_tokens: list[bytes] = []
+
+    def add_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
         lname = name.lower()
-        if lname in HOP_BY_HOP:
-            lvalue = value.strip().lower()
-            if lname == b"connection":
-                tokens = {t.strip() for t in lvalue.split(b",")}
-                if b"close" in tokens:
-                    close = True
-                elif http10 and b"keep-alive" in tokens:
-                    close = False
-                if b"upgrade" in tokens:
-                    upgrade = True
-            elif lname == b"transfer-encoding":
-                chunked = lvalue.endswith(b"chunked")
-                if not chunked:
-                    close = True  # body delimited by close
-            continue
+        if lname not in _SPECIAL:
+            self.head.append(name + b": " + value + b"\r\n")
+            return
         if lname == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                raise ProtocolError(f"bad content-length {value[:32]!r}") from None
-            if length < 0 or (content_length is not None and content_length != length):
-                raise ProtocolError("bad or conflicting content-length")
-            content_length = length
-        kept.append(line + b"\r\n")
-    if chunked:
-        content_length = None
-    return ResponseHead(
-        status=status,
-        status_line=b"HTTP/1.1" + first[8:],
-        headers=b"".join(kept),
-        content_length=content_length,
-        chunked=chunked,
-        close=close,
-        upgrade=upgrade,
+            self.has_body = value.strip() not in (b"0", b"")
+            self.head.append(name + b": " + value + b"\r\n")
+        elif lname == b"transfer-encoding":
+            self.chunked = self.has_body = True
+            self.te_last = value.rsplit(b",", 1)[-1].strip().lower()
+        elif lname == b"connection":
+            self.conn_tokens.extend(t.strip().lower() for t in value.split(b","))
+        elif lname == b"upgrade":
+            self.upgrade = value
+        elif lname == b"x-forwarded-for":
+            self.xff = value if not self.xff else self.xff + b", " + value
+        elif lname == b"x-forwarded-proto":
+            self.proto_seen = True
+            self.head.append(name + b": " + value + b"\r\n")
+        elif lname == b"expect":
+            if value.strip().lower() == b"100-continue":
+                self.expect_continue = True
+            else:
+                self.error = (417, "bad_request")
+        # other hop-by-hop headers are dropped
+
+    def rewrite(self, peer_ip: bytes, max_header_size: int) -> None:
+        """Build ``head_bytes`` once the head is complete (method and url set)."""
+        if self.head_size + len(self.url) > max_header_size:
+            raise HeaderTooLargeError
+        if self.chunked and self.te_last != b"chunked":
+            raise BadTransferEncodingError  # llhttp refuses it too, but only after this call
+        head = self.head
+        if self.conn_tokens:
+            # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+            listed = {t for t in self.conn_tokens if t not in _NEVER_DROPPED}
+            if listed:
+                head = [line for line in head if line.split(b":", 1)[0].lower() not in listed]
+        xff = self.xff
+        head.append(b"x-forwarded-for: " + (xff + b", " if xff else b"") + peer_ip)
+        head.append(b"\r\n" if self.proto_seen else b"\r\nx-forwarded-proto: http\r\n")
+        if self.chunked:
+            head.append(b"transfer-encoding: chunked\r\n")
+        if self.upgrade and b"upgrade" in self.conn_tokens:
+            head.append(b"connection: upgrade\r\nupgrade: " + self.upgrade + b"\r\n")
+        else:
+            self.upgrade = b""
+        self.head_bytes = b"".join((self.method, b" ", self.url, b" HTTP/1.1\r\n", *head, b"\r\n"))
+        self.head = []
+
+
+def input_refusal(error: BaseException) -> tuple[int, str]:
+    """Status and counted reason for a request head the parser refused."""
+    cause = error.__context__  # httptools wraps an exception raised in a callback
+    if isinstance(error, HeaderTooLargeError) or isinstance(cause, HeaderTooLargeError):
+        return 431, "header_too_large"
+    message = str(error)
+    smuggling = (
+        isinstance(cause, BadTransferEncodingError)
+        or "Content-Length" in message
+        or "Transfer-Encoding" in message
     )
+    return 400, "smuggling" if smuggling else "bad_request"
 
 
-def response_has_body(status: int, request_method: bytes) -> bool:
-    return not (request_method == b"HEAD" or status in (204, 304) or 100 <= status < 200)
+# -- responses from the upstream, rewritten for the client -----------------------------------
+
+
+def client_head(
+    head: ResponseHead,
+    *,
+    method: bytes,
+    upgrade: bytes,
+    keep_alive: bool,
+    decode_chunks: bool,
+    keep_alive_end: bytes | None,
+) -> tuple[bytes, bool]:
+    """The head to send the client for an upstream ``head``, and whether to keep alive.
+
+    ``keep_alive_end`` ends the head of a kept-alive connection; None (draining)
+    closes every connection after its response.
+    """
+    status = head.status
+    if status < 200:
+        if status == 101:
+            end = b"connection: upgrade\r\nupgrade: " + upgrade + b"\r\n\r\n"
+            return head.status_line + b"\r\n" + head.headers + end, keep_alive
+        return head.status_line + b"\r\n" + head.headers + b"\r\n", keep_alive
+    parts = [head.status_line, b"\r\n", head.headers]
+    if head.chunked:
+        if decode_chunks:
+            keep_alive = False  # an HTTP/1.0 client: the body ends when we close
+        else:
+            parts.append(b"transfer-encoding: chunked\r\n")
+    elif head.content_length is None and method != b"HEAD" and status not in (204, 304):
+        keep_alive = False  # body delimited by closing the connection
+    if keep_alive and keep_alive_end is not None:
+        parts.append(keep_alive_end)
+    else:
+        keep_alive = False
+        parts.append(CLOSE_END)
+    return b"".join(parts), keep_alive
+
+
+# -- responses the sidecar makes ------------------------------------------------------------
 
 
 def simple_response(
@@ -117,7 +195,7 @@ def simple_response(
     phrase = HTTPStatus(status).phrase
     lines = [
         f"HTTP/1.1 {status} {phrase}",
-        "content-type: text/plain; charset=utf-8",
+        f"content-type: {TEXT_PLAIN}",
         f"content-length: {len(body)}",
     ]
     lines += [f"{name}: {value}" for name, value in extra]
@@ -131,73 +209,48 @@ def simple_response(
     return head if head_only else head + body
 
 
-class ChunkedScanner:
-    """Find where a chunked body ends while passing its bytes through untouched.
+def keep_alive_end(timeout: float) -> bytes:
+    """Connection headers (and the end of the head) for responses on a kept-alive connection."""
+    return b"connection: keep-alive\r\nkeep-alive: timeout=%d\r\n\r\n" % int(timeout)
 
-    ``feed`` returns how far into ``data`` the body goes, whether it ended there,
-    and (when decoding) the spans of ``data`` that are chunk payload, so a body
-    can be forwarded raw to HTTP/1.1 clients or de-chunked for HTTP/1.0 ones.
-    """
 
-    __slots__ = ("_line", "_remaining", "_state")
+# 408 to a client whose head did not arrive within header_timeout; then it is closed.
+REQUEST_TIMEOUT: Final = simple_response(408, b"Request Timeout\n", keep_alive=False)
 
-    _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 
-    def __init__(self) -> None:
-        self._state = self._SIZE
-        self._remaining = 0
-        self._line = b""
+def refusal(status: int) -> bytes:
+    """400, 417 or 431 for malformed input: no body, and the connection closes."""
+    return simple_response(status, b"", keep_alive=False)
 
-    @property
-    def done(self) -> bool:
-        return self._state == self._DONE
 
-    def feed(self, data: bytes, pos: int = 0) -> tuple[int, bool, list[tuple[int, int]]]:
-        spans: list[tuple[int, int]] = []
-        end = len(data)
-        while pos < end:
-            state = self._state
-            if state == self._DATA:
-                take = min(self._remaining, end - pos)
-                spans.append((pos, pos + take))
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state = self._DATA_END
-                    self._remaining = 2
-            elif state == self._DATA_END:
-                take = min(self._remaining, end - pos)
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state = self._SIZE
-            elif state == self._DONE:
-                break
-            else:
-                newline = data.find(b"\n", pos)
-                if newline < 0:
-                    self._line += data[pos:]
-                    if len(self._line) > MAX_CHUNK_LINE:
-                        raise ProtocolError("chunk header line too long")
-                    pos = end
-                    break
-                line = self._line + data[pos:newline]
-                self._line = b""
-                pos = newline + 1
-                if state == self._SIZE:
-                    size_text = line.split(b";", 1)[0].strip()
-                    try:
-                        size = int(size_text, 16)
-                    except ValueError:
-                        raise ProtocolError(f"bad chunk size {size_text[:32]!r}") from None
-                    if size < 0:
-                        raise ProtocolError("negative chunk size")
-                    if size == 0:
-                        self._state = self._TRAILER
-                    else:
-                        self._state = self._DATA
-                        self._remaining = size
-                elif not line.strip():
-                    self._state = self._DONE
-                    return pos, True, spans
-        return pos, self._state == self._DONE, spans
+def rejection(
+    retry_after: int, *, keep_alive: bool, keep_alive_timeout: float, head_only: bool
+) -> bytes:
+    """The 503 of a request refused at the concurrency limit (proxy mode)."""
+    return simple_response(
+        503,
+        REJECTION_BODY,
+        keep_alive=keep_alive,
+        keep_alive_timeout=keep_alive_timeout,
+        extra=(("retry-after", str(retry_after)),),
+        head_only=head_only,
+    )
+
+
+def rejection_fields(retry_after: int) -> list[tuple[bytes, bytes]]:
+    """The header fields of the same 503 as an ASGI app sends it (embedded mode)."""
+    return [(b"content-type", TEXT_PLAIN.encode()), (b"retry-after", str(retry_after).encode())]
+
+
+def gateway_error(
+    status: int, *, keep_alive: bool, keep_alive_timeout: float, head_only: bool
+) -> bytes:
+    """502 (the app failed or broke HTTP) or 504 (it did not answer in time)."""
+    body = b"Bad Gateway\n" if status == 502 else b"Gateway Timeout\n"
+    return simple_response(
+        status,
+        body,
+        keep_alive=keep_alive,
+        keep_alive_timeout=keep_alive_timeout,
+        head_only=head_only,
+    )

@@ -1,4 +1,12 @@
-"""Run the proxy process: sockets, metrics port, config reload, signals, graceful shutdown."""
+"""Run a sidecar process in either mode: metrics port, config reload, signals, graceful drain.
+
+The proxy (``serving.ProxyCore``) and the in-process server
+(``embedding.EmbeddedServer``) differ in how they serve; everything around
+that lives here once: the admin port and its registry, the config watcher,
+SIGTERM/SIGINT, and the drain sequence (unready, ``shutdown_delay``, stop
+accepting, at most ``timeout_graceful_shutdown`` for what is in flight).
+A second signal cuts the shutdown delay short.
+"""
 
 from __future__ import annotations
 
@@ -6,83 +14,116 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Protocol
 
 from asgi_sidecar import __version__
 from asgi_sidecar.admin import AdminServer
-from asgi_sidecar.metrics import SidecarCollector, make_registry, settings_info
+from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
 from asgi_sidecar.reloading import ConfigWatcher
-from asgi_sidecar.serving import ProxyCore
 from asgi_sidecar.settings import SidecarSettings
+from asgi_sidecar.stats import Stats
 
 log = logging.getLogger("asgi_sidecar")
 
-UPSTREAM_PROBE_TIMEOUT = 1.0
+SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 
 
-async def probe_upstream(host: str, port: int) -> tuple[bool, str]:
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port), UPSTREAM_PROBE_TIMEOUT
-        )
-    except (OSError, TimeoutError) as exc:
-        return False, f"upstream {host}:{port} not reachable: {exc or 'timeout'}"
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True, "ok"
+class Server(Protocol):
+    """One way of serving traffic; the runner does the rest of the process."""
+
+    @property
+    def mode(self) -> str:
+        """The ``mode`` label of asgi_sidecar_info."""
+
+    settings: SidecarSettings
+    stats: Stats
+    ready: bool
+
+    def open(self) -> None:
+        """Bind the public socket (before anything else starts: errors end the process)."""
+
+    def describe(self) -> str:
+        """What it serves where, for the start-up line."""
+
+    async def serve(self) -> int:
+        """Serve until stopped (or until it stops by itself); the exit code."""
+
+    async def readiness(self) -> tuple[bool, str]: ...
+    def gauges(self) -> Gauges: ...
+
+    def apply(self, new: SidecarSettings) -> None:
+        """Apply reloaded settings (restart-only fields already kept at their old values)."""
+
+    def stop_accepting(self) -> None:
+        """Close the listener and idle connections; in-flight requests go on."""
+
+    async def finish(self, timeout: float) -> None:
+        """Let in-flight requests end within ``timeout``, then stop ``serve``."""
+
+    def abort(self) -> None:
+        """Close everything at once (start-up failed)."""
 
 
-async def drain(core: ProxyCore) -> None:
-    """The SIGTERM sequence: unready, wait shutdown_delay, close listener, finish in-flight."""
-    settings = core.settings
-    core.begin_drain()
-    log.info("draining: readiness is now 503")
-    if settings.shutdown_delay:
-        await asyncio.sleep(settings.shutdown_delay)
-    core.close_listener()
-    log.info(
-        "listener closed; waiting up to %ss for in-flight requests",
-        settings.timeout_graceful_shutdown,
+def live_settings(old: SidecarSettings, new: SidecarSettings) -> SidecarSettings:
+    """``new`` with the fields only a restart can change kept at their ``old`` values."""
+    ignored = old.restart_only_changes(new)
+    if not ignored:
+        return new
+    log.warning("settings %s change only on restart; keeping the old values", ignored)
+    return new.model_copy(update={f: getattr(old, f) for f in ignored})
+
+
+def describe_changes(old: SidecarSettings, new: SidecarSettings) -> str:
+    diffs: Iterable[str] = (
+        f"{name} {getattr(old, name)!r} -> {getattr(new, name)!r}"
+        for name in type(new).model_fields
+        if getattr(old, name) != getattr(new, name)
     )
-    try:
-        await asyncio.wait_for(core.all_closed.wait(), settings.timeout_graceful_shutdown)
-    except TimeoutError:
-        log.warning(
-            "graceful shutdown timed out with %d connections open; closing them",
-            len(core.connections),
-        )
-    core.abort_all()
+    return ", ".join(diffs) or "no change"
 
 
-async def run_proxy(
-    settings: SidecarSettings,
+def apply_reloaded(server: Server, new: SidecarSettings) -> None:
+    old = server.settings
+    new = live_settings(old, new)
+    server.apply(new)
+    log.info("settings applied: %s", describe_changes(old, new))
+
+
+async def drain(server: Server, hurry: asyncio.Event) -> None:
+    """The SIGTERM sequence: unready, wait shutdown_delay, stop accepting, finish in-flight."""
+    server.ready = False
+    log.info("draining: readiness is now 503")
+    if server.settings.shutdown_delay:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), server.settings.shutdown_delay)
+    server.stop_accepting()
+    timeout = server.settings.timeout_graceful_shutdown
+    log.info("listener closed; waiting up to %ss for in-flight requests", timeout)
+    await server.finish(timeout)
+
+
+async def run(
+    server: Server,
     *,
     config_path: Path | None = None,
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
-    core = ProxyCore(settings, loop)
-    core.start()
+    server.open()
 
     def info() -> dict[str, str]:
-        return settings_info(core.settings.model_dump(), "proxy", __version__)
+        return settings_info(server.settings.model_dump(), server.mode, __version__)
 
-    registry = make_registry(SidecarCollector(core.stats, core.gauges, info))
-
-    async def readiness() -> tuple[bool, str]:
-        if not core.ready:
-            return False, "draining"
-        return await probe_upstream(*core.settings.upstream_address)
-
-    admin = AdminServer(registry, readiness)
+    registry = make_registry(SidecarCollector(server.stats, server.gauges, info))
+    admin = AdminServer(registry, server.readiness)
+    settings = server.settings
     try:
         await admin.start(settings.metrics_host, settings.metrics_port)
     except OSError:
-        core.abort_all()
+        server.abort()
         raise
     tasks: list[asyncio.Task[None]] = []
     if config_path is not None:
@@ -90,26 +131,35 @@ async def run_proxy(
             config_path,
             environ or {},
             flags or {},
-            core.apply,
-            lambda result: core.stats.config_reloads.update([result]),
+            lambda new: apply_reloaded(server, new),
+            lambda result: server.stats.config_reloads.update([result]),
         )
         tasks.append(loop.create_task(watcher.run()))
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    hurry = asyncio.Event()
+    draining: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if draining:
+            hurry.set()  # a second signal: stop waiting for the shutdown delay
+        else:
+            draining.append(loop.create_task(drain(server, hurry)))
+
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, on_signal)
     log.info(
-        "asgi-sidecar %s proxying http://%s:%d -> %s; metrics on http://%s:%d/metrics",
+        "asgi-sidecar %s %s; metrics on http://%s:%d/metrics",
         __version__,
-        settings.host,
-        core.bound_port,
-        settings.upstream,
+        server.describe(),
         settings.metrics_host,
         admin.port,
     )
-    await stop.wait()
-    await drain(core)
-    for task in tasks:
-        task.cancel()
-    await admin.close()
+    try:
+        code = await server.serve()
+    finally:
+        for signum in SIGNALS:
+            loop.remove_signal_handler(signum)
+        for task in tasks + draining:
+            task.cancel()
+        await admin.close()
     log.info("stopped")
-    return 0
+    return code

@@ -9,9 +9,11 @@ passed in.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 K = TypeVar("K")
+
+SWEEP_INTERVAL: Final = 0.1  # seconds between sweeps; every deadline is honoured to within this
 
 
 class Deadlines(Generic[K]):

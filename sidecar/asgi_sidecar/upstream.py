@@ -1,6 +1,6 @@
-"""The application side of the proxy: pooled keep-alive connections to the upstream.
+"""The application side of the proxy: one keep-alive connection to the app.
 
-Idle pooled connections are reused newest first and closed after
+Pooled connections (``pooling.py``) are reused newest first and closed after
 ``upstream_keep_alive`` seconds, below the application's own keep-alive, so the
 sidecar (not the app) ends idle connections.  If a reused connection turns out
 to have been closed by the app before any response byte arrived, an idempotent
@@ -14,20 +14,41 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Protocol
 
-from asgi_sidecar.http1 import ChunkedScanner, ProtocolError, parse_response_head
+from asgi_sidecar.exchanges import PAUSE_UPSTREAM
+from asgi_sidecar.framing import ChunkedScanner, ProtocolError, parse_response_head
 
 if TYPE_CHECKING:
-    from asgi_sidecar.proxying import Exchange, FrontConnection
-    from asgi_sidecar.serving import ProxyCore
+    from asgi_sidecar.exchanges import Exchange
+    from asgi_sidecar.framing import ResponseHead
+    from asgi_sidecar.settings import SidecarSettings
+    from asgi_sidecar.tracking import Deadlines
 
 log = logging.getLogger("asgi_sidecar.upstream")
 
-MAX_RESPONSE_HEAD = 256 * 1024
+MAX_RESPONSE_HEAD: Final = 256 * 1024
 
-_HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _TUNNEL, _DONE = range(6)
+# Where an upstream connection is in its current response.
+_HEAD: Final = 0  # reading the head
+_LENGTH: Final = 1  # a body of known length
+_CHUNKED: Final = 2  # a chunked body
+_UNTIL_CLOSE: Final = 3  # a body that ends when the app closes
+_TUNNEL: Final = 4  # relaying raw bytes after a 101
+_DONE: Final = 5  # between responses
+
+
+class Pool(Protocol):
+    """What an upstream connection needs from its pool (``pooling.UpstreamPool``)."""
+
+    loop: asyncio.AbstractEventLoop
+    settings: SidecarSettings
+    awaiting: Deadlines[Exchange]  # requests sent whose response head has not come
+
+    def acquire(self, ex: Exchange) -> None: ...
+    def release(self, conn: UpstreamConnection) -> None: ...
+    def forget(self, conn: UpstreamConnection) -> None: ...
+    def fail(self, ex: Exchange, status: int, reason: str) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -49,7 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
@@ -83,8 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         client = ex.client
         if self.state == _TUNNEL:
-            client.tunnel = None
-            client.close("upstream_closed")
+            client.tunnel_closed()
             return
         if ex.finished:
             return
@@ -99,26 +119,24 @@ class UpstreamConnection(asyncio.Protocol):
             ex.upstream = None
             self.pool.acquire(ex)
             return
-        client.upstream_failed(ex, 502, "reset" if self.state == _HEAD else "truncated")
+        self.pool.fail(ex, 502, "reset" if self.state == _HEAD else "truncated")
 
     def pause_writing(self) -> None:
         ex = self.exchange
         if ex is not None:
-            ex.client.pause_reading(2)  # PAUSE_UPSTREAM
+            ex.client.pause_reading(PAUSE_UPSTREAM)
 
     def resume_writing(self) -> None:
         ex = self.exchange
         if ex is not None:
-            ex.client.resume_reading(2)
+            ex.client.resume_reading(PAUSE_UPSTREAM)
 
     def eof_received(self) -> bool | None:
         if self.state == _TUNNEL and self.exchange is not None:
             if self.half_closed:
                 return None  # the client had ended its side too: close both
             self.half_closed = True
-            transport = self.exchange.client.transport
-            if transport is not None and transport.can_write_eof():
-                transport.write_eof()
+            if self.exchange.client.write_eof():
                 return True
         return None
 
@@ -192,8 +210,8 @@ class UpstreamConnection(asyncio.Protocol):
         client.body_flowing()
         if client.write_paused:
             self.pause_reading()
-        core = self.pool.core
-        core.awaiting.add(ex, core.loop.time() + core.settings.upstream_timeout)
+        pool = self.pool
+        pool.awaiting.add(ex, pool.loop.time() + pool.settings.upstream_timeout)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -260,11 +278,11 @@ class UpstreamConnection(asyncio.Protocol):
                 self.buffer = b""
                 self.state = _TUNNEL
                 self.reusable = False
-                client.response_body(client.response_head(ex, head, False))
+                client.response_body(self._head(ex, head, False))
                 client.start_tunnel(ex, self)
                 return rest or None
             if 100 <= head.status < 200:
-                client.response_body(client.response_head(ex, head, False))
+                client.response_body(self._head(ex, head, False))
                 buffer = rest
                 continue
             break
@@ -275,22 +293,22 @@ class UpstreamConnection(asyncio.Protocol):
             ex.keep_alive = False  # the refused upgrade left the client's parser behind
         has_body = not (ex.method == b"HEAD" or head.status in (204, 304))
         if not has_body:
-            client.response_body(client.response_head(ex, head, False))
+            client.response_body(self._head(ex, head, False))
             self._complete(ex)
             return None
         if head.chunked:
             self.decode = ex.http10
             self.scanner = ChunkedScanner()
             self.state = _CHUNKED
-            client.response_body(client.response_head(ex, head, self.decode))
+            client.response_body(self._head(ex, head, self.decode))
             return rest or None
         length = head.content_length
         if length is None:
             self.reusable = False
             self.state = _UNTIL_CLOSE
-            client.response_body(client.response_head(ex, head, False) + rest)
+            client.response_body(self._head(ex, head, False) + rest)
             return None
-        out = client.response_head(ex, head, False)
+        out = self._head(ex, head, False)
         got = len(rest)
         if got >= length:
             if got > length:
@@ -304,11 +322,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = _LENGTH
         return None
 
+    def _head(self, ex: Exchange, head: ResponseHead, decode_chunks: bool) -> bytes:
+        """The client's head for ``head``; the app answered, so its deadline is over."""
+        self.pool.awaiting.discard(ex)
+        return ex.client.response_head(ex, head, decode_chunks)
+
     def _complete(self, ex: Exchange) -> None:
         self.state = _DONE
         self.exchange = None
         ex.upstream = None
-        client: FrontConnection = ex.client
+        client = ex.client
         pool = self.pool
         if self.reusable and ex.body_done:
             pool.release(self)
@@ -320,72 +343,4 @@ class UpstreamConnection(asyncio.Protocol):
         log.warning("upstream protocol error: %s", why)
         self.exchange = None
         self.abort()
-        ex.client.upstream_failed(ex, 502, "protocol_error")
-
-
-class UpstreamPool:
-    """Keep-alive connections to one upstream address."""
-
-    def __init__(self, core: ProxyCore, host: str, port: int) -> None:
-        self.core = core
-        self.host = host
-        self.port = port
-        self.idle: deque[UpstreamConnection] = deque()
-        self.open: set[UpstreamConnection] = set()
-        self._connecting: set[asyncio.Task[None]] = set()
-
-    def acquire(self, ex: Exchange) -> None:
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                conn.send(ex)
-                return
-        task = self.core.loop.create_task(self._connect(ex))
-        self._connecting.add(task)
-        task.add_done_callback(self._connecting.discard)
-
-    async def _connect(self, ex: Exchange) -> None:
-        core = self.core
-        try:
-            _, conn = await asyncio.wait_for(
-                core.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
-                core.settings.upstream_timeout,
-            )
-        except TimeoutError:
-            ex.client.upstream_failed(ex, 504, "connect_timeout")
-            return
-        except OSError as exc:
-            log.debug("upstream connect failed: %s", exc)
-            ex.client.upstream_failed(ex, 502, "connect_failed")
-            return
-        self.open.add(conn)
-        if ex.finished or ex.client.closed:
-            self.release(conn)
-            return
-        conn.send(ex)
-
-    def release(self, conn: UpstreamConnection) -> None:
-        if conn.closed:
-            return
-        if len(self.idle) >= self.core.settings.upstream_max_idle or self.core.stopping:
-            conn.close()
-            return
-        conn.resume_reading()  # a slow client may have paused it; the next one must not hang
-        conn.idle_since = self.core.loop.time()
-        self.idle.append(conn)
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        self.open.discard(conn)
-
-    def close_expired(self, now: float) -> None:
-        limit = now - self.core.settings.upstream_keep_alive
-        idle = self.idle
-        while idle and (idle[0].idle_since <= limit or idle[0].closed):
-            idle.popleft().close()
-
-    def close_all(self) -> None:
-        while self.idle:
-            self.idle.popleft().close()
-        for task in list(self._connecting):
-            task.cancel()
+        self.pool.fail(ex, 502, "protocol_error")

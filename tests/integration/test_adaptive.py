@@ -12,8 +12,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.integration.test_limits import Conn, wait_for
 from tests.support.processes import Sidecar, sidecar
+from tests.support.rawhttp import Conn
+from tests.support.waiting import wait_for
 
 CLIENTS = 8
 SLEEP = 0.05

@@ -8,11 +8,7 @@ sidecar's config file, as a mounted ConfigMap volume would.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -24,29 +20,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.test_operator import condition, eventually, get
-from tests.support.processes import ROOT, free_port, sidecar, stop, upstream_app
+from tests.support.kube import QUICK, ConfigMapVolume, Operator, condition, eventually, get
+from tests.support.processes import free_port, sidecar, upstream_app
 
 pytestmark = pytest.mark.timeout(300)
-
-
-class ConfigMapVolume(threading.Thread):
-    """Copies a ConfigMap key into a file every half second, like the kubelet does."""
-
-    def __init__(self, cluster: Any, namespace: str, name: str, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.cluster, self.namespace, self.name, self.path = cluster, namespace, name, path
-        self.stopped = threading.Event()
-
-    def sync(self) -> None:
-        data = self.cluster.get_json("configmap", self.name, "-n", self.namespace)["data"]
-        if not self.path.exists() or self.path.read_text() != data["sidecar.json"]:
-            self.path.write_text(data["sidecar.json"])
-
-    def run(self) -> None:
-        while not self.stopped.wait(0.5):
-            with contextlib.suppress(RuntimeError):  # the API server was busy: next time
-                self.sync()
 
 
 def load(url: str, clients: int, seconds: float) -> threading.Thread:
@@ -74,18 +51,12 @@ def tuned_operator(cluster: Any, tmp_path: Path) -> Iterator[tuple[Path, int]]:
     address_map = tmp_path / "address-map.json"
     address_map.write_text("{}")
     metrics_port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    with (tmp_path / "operator.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces", "--liveness", "",
-             "--resync-seconds", "2", "--metrics-port", str(metrics_port),
-             "--scrape-address-map", str(address_map)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    flags = [*QUICK, "--metrics-port", str(metrics_port), "--scrape-address-map", str(address_map)]
+    operator = Operator(cluster.kubeconfig, tmp_path / "operator.log", None, flags=flags).start()
     try:
         yield address_map, metrics_port
     finally:
-        stop(proc)
+        operator.stop()
 
 
 def test_the_operator_tunes_a_live_sidecar_through_its_configmap(cluster, tuned_operator, tmp_path):

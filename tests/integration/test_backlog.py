@@ -2,92 +2,18 @@
 
 The clamp is tested in a network namespace the test creates with a small
 net.core.somaxconn; the upstream and the sidecar run inside it and every request
-to them is made from inside it too.  The helpers here are shared with
-test_metrics.py.
+to them is made from inside it too (tests/support/netns.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
 
-from tests.integration.test_limits import Conn, wait_for
-from tests.support.processes import ROOT, Sidecar, free_port, sidecar, stop
-
-
-@contextlib.contextmanager
-def netns(somaxconn: int) -> Iterator[list[str]]:
-    """A fresh network namespace with lo up and the given somaxconn; yields the exec prefix."""
-    name = f"asgi-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    prefix = ["ip", "netns", "exec", name]
-    try:
-        subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True)
-        subprocess.run(
-            [*prefix, "sysctl", "-q", "-w", f"net.core.somaxconn={somaxconn}"], check=True
-        )
-        yield prefix
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def ns_get(prefix: list[str], port: int, path: str) -> tuple[int, str]:
-    """GET http://127.0.0.1:port/path from inside the namespace: (status, body); 0 if refused."""
-    result = subprocess.run(
-        [
-            *prefix,
-            "curl",
-            "-s",
-            "--max-time",
-            "5",
-            "-w",
-            "\n%{http_code}",
-            f"http://127.0.0.1:{port}{path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    body, _, code = result.stdout.rpartition("\n")
-    return int(code or 0), body
-
-
-def ns_metric(prefix: list[str], sc: Sidecar, name: str, labels: str = "") -> float:
-    status, text = ns_get(prefix, sc.metrics_port, "/metrics")
-    assert status == 200
-    wanted = f"{name}{{{labels}}}" if labels else name
-    for line in text.splitlines():
-        key, _, value = line.rpartition(" ")
-        if key == wanted:
-            return float(value)
-    raise AssertionError(f"{wanted} not in the scrape")
-
-
-@contextlib.contextmanager
-def upstream_in(prefix: list[str]) -> Iterator[int]:
-    """The test app on uvicorn inside the namespace; yields its port."""
-    port = free_port()
-    app = ["uvicorn", "tests.support.apps:app", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(
-        [*prefix, sys.executable, "-m", *app],
-        cwd=ROOT,
-    )
-    try:
-        wait_for(lambda: ns_get(prefix, port, "/echo")[0] == 200, 15, "upstream in netns")
-        yield port
-    finally:
-        stop(proc)
-
-
-def wait_ready_in(prefix: list[str], sc: Sidecar) -> None:
-    wait_for(lambda: ns_get(prefix, sc.metrics_port, "/healthz")[0] == 200, 15, "metrics port")
-    wait_for(lambda: ns_get(prefix, sc.port, "/echo")[0] == 200, 15, "sidecar in netns")
+from tests.support.netns import netns, ns_metric, upstream_in, wait_ready_in
+from tests.support.processes import sidecar
+from tests.support.rawhttp import Conn
+from tests.support.waiting import wait_for
 
 
 def listen_backlog_from_ss(port: int) -> int:

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from tests.support.processes import Sidecar, sidecar, upstream_app
-from tests.support.rawhttp import RawClient, eventually, request, tcp_connections
+from tests.support.rawhttp import RawClient, request, tcp_connections
+from tests.support.waiting import eventually
 
 MAX_HEADER = 2048
 HEADER_TIMEOUT = 0.5

@@ -4,9 +4,7 @@ and the operator run under exactly the chart's RBAC to prove it sufficient and m
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.test_operator import condition, eventually
-from tests.support.processes import ROOT, stop
+from tests.support.kube import QUICK, Operator, condition, eventually
+from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -268,21 +266,19 @@ class Identity:
             "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa"}}],
         }))  # fmt: skip
         self.log = workdir / f"{release}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.operator: Operator | None = None
 
     def start(self, *scope: str) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "asgi_operator", "run", *scope, "--liveness", "",
-                 "--metrics-port", "0", "--resync-seconds", "2", "--sidecar-image", "s:t"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        flags = [*scope, *QUICK]
+        self.operator = Operator(
+            self.kubeconfig, self.log, "s:t", flags=flags, all_namespaces=False
+        )
+        self.operator.start()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
+        if self.operator is not None:
+            self.operator.stop()
+            self.operator = None
         self.cluster.kubectl("delete", "-f", "-", "--wait=false", check=False,
                              input=yaml.safe_dump_all(self.docs))  # fmt: skip
 

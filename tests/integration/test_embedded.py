@@ -7,9 +7,10 @@ import time
 
 import httpx
 
-from tests.integration.test_limits import Conn, wait_for
 from tests.support.processes import ROOT, sidecar
 from tests.support.promtool import check_metrics
+from tests.support.rawhttp import Conn
+from tests.support.waiting import wait_for
 
 APP = ("tests.support.apps:app", "--app-dir", str(ROOT))
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from tests.integration.test_limits import Conn, wait_for
 from tests.support.processes import sidecar
+from tests.support.rawhttp import Conn
+from tests.support.waiting import wait_for
 
 # The timer is swept every 0.1 s; allow that plus scheduling noise.
 MARGIN = 0.6

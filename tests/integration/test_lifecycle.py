@@ -11,8 +11,9 @@ import time
 import httpx
 import pytest
 
-from tests.integration.test_limits import Conn, in_background, wait_for
 from tests.support.processes import ROOT, Sidecar, free_port, sidecar
+from tests.support.rawhttp import Conn
+from tests.support.waiting import in_background, wait_for
 
 
 def readyz(sc: Sidecar) -> int:

@@ -2,143 +2,15 @@
 
 Raw sockets (not an HTTP client library) are used so each test decides exactly
 which connection sends what and when, and can see a connection being closed.
-The helpers here are shared by the other integration test modules.
 """
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from tests.support.processes import Sidecar, sidecar
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-class Conn:
-    """One raw HTTP/1.1 client connection to 127.0.0.1:port."""
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, path: str, method: str = "GET", extra: str = "") -> None:
-        head = f"{method} {path} HTTP/1.1\r\nhost: test\r\n{extra}\r\n"
-        self.sock.sendall(head.encode())
-
-    def _fill(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionError("connection closed by the server")
-        self.buf += data
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            self._fill()
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _take(self, size: int) -> bytes:
-        while len(self.buf) < size:
-            self._fill()
-        data, self.buf = self.buf[:size], self.buf[size:]
-        return data
-
-    def read_response(self) -> Response:
-        status = int(self._line().split()[1])
-        headers: dict[str, str] = {}
-        while line := self._line():
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if "content-length" in headers:
-            body = self._take(int(headers["content-length"]))
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while size := int(self._line().split(b";")[0], 16):
-                parts.append(self._take(size))
-                self._line()
-            while self._line():  # trailers
-                pass
-            body = b"".join(parts)
-        else:
-            body = b""
-        return Response(status, headers, body)
-
-    def request(self, path: str, method: str = "GET") -> Response:
-        self.send(path, method)
-        return self.read_response()
-
-    def wait_closed(self, timeout: float) -> float | None:
-        """Seconds until the server closed the connection (EOF or reset); None if it did not."""
-        start = time.monotonic()
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    break
-                self.buf += data
-        except TimeoutError:
-            return None
-        except ConnectionResetError:
-            pass
-        return time.monotonic() - start
-
-    def is_open(self) -> bool:
-        """True if the server has not closed the connection (nothing to read, no EOF)."""
-        self.sock.setblocking(False)
-        try:
-            return bool(self.sock.recv(1, socket.MSG_PEEK))
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        finally:
-            self.sock.setblocking(True)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``condition`` every 20 ms until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.02)
-
-
-def in_background(fn: Callable[[], Response]) -> Callable[[], Response]:
-    """Run ``fn`` in a thread; the returned function joins it and returns its result."""
-    result: list[Response] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(fn())
-        except BaseException as exc:  # handed to the caller
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def join(timeout: float = 15.0) -> Response:
-        thread.join(timeout)
-        assert not thread.is_alive(), "background request did not finish"
-        if errors:
-            raise errors[0]
-        return result[0]
-
-    return join
+from tests.support.rawhttp import Conn
+from tests.support.waiting import in_background, wait_for
 
 
 def slow_requests(sc: Sidecar, count: int, seconds: float) -> list[Conn]:

@@ -1,13 +1,11 @@
-"""hack/localcluster.py: a real control plane (etcd, kube-apiserver, kube-controller-manager,
+"""hack/controlplane.py: a real control plane (etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler) with kwok faking one node and its Pods."""
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,22 +13,19 @@ from typing import Any
 
 import pytest
 
+from hack import controlplane
 from tests.support.waiting import eventually
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "hack"))
-localcluster = importlib.import_module("localcluster")
 
 # make test builds the binaries first (make cluster); a missing one fails loudly in start().
 pytestmark = [pytest.mark.timeout(240)]
 
-POD_NET = ipaddress.ip_network(localcluster.POD_CIDR)
+POD_NET = ipaddress.ip_network(controlplane.POD_CIDR)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     started = time.monotonic()
-    with localcluster.LocalCluster(tmp_path_factory.mktemp("cluster")) as c:
+    with controlplane.LocalCluster(tmp_path_factory.mktemp("cluster")) as c:
         print(f"\ncluster cold start: {time.monotonic() - started:.1f}s")
         yield c
 
@@ -44,7 +39,7 @@ def test_server_version(cluster: Any) -> None:
     version = json.loads(cluster.kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"] == "v1.33.13"
     assert version["clientVersion"]["gitVersion"] == "v1.33.13"
-    node = cluster.get_json("node", localcluster.NODE_NAME)
+    node = cluster.get_json("node", controlplane.NODE_NAME)
     assert node["metadata"]["labels"]["type"] == "kwok"
     assert not node["spec"].get("taints")
 
@@ -74,7 +69,7 @@ def test_deployment_pods_run_on_kwok_node(cluster: Any) -> None:
 
     running = eventually(two_running, what="2 demo Pods Running")
     for pod in running:
-        assert pod["spec"]["nodeName"] == localcluster.NODE_NAME
+        assert pod["spec"]["nodeName"] == controlplane.NODE_NAME
         assert ipaddress.ip_address(pod["status"]["podIP"]) in POD_NET
     replicasets = cluster.get_json("replicasets", "-n", "default", "-l", "app=demo")["items"]
     assert len(replicasets) == 1
@@ -134,7 +129,7 @@ def test_patched_failure_of_running_pod_sticks(cluster: Any) -> None:
 
 def test_pod_kwok_disregards_can_be_failed_before_running(cluster: Any) -> None:
     """As a kubelet does with an unsafe sysctl: the Pod never runs and ends Failed."""
-    annotations = {localcluster.KWOK_STATUS_ANNOTATION: "custom"}
+    annotations = {controlplane.KWOK_STATUS_ANNOTATION: "custom"}
     cluster.kubectl("apply", "-f", "-", input=bare_pod("sysctl-never-ran", annotations))
     eventually(lambda: cluster.get_json("pod", "sysctl-never-ran")["spec"].get("nodeName"))
     time.sleep(2)  # were kwok to manage it, it would have a podIP by now
@@ -149,13 +144,13 @@ def test_failed_start_reports_log_and_leaves_nothing_behind(tmp_path: Path) -> N
     """A component that exits early: start() raises with its log and stops the others."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in localcluster.BINARIES:
-        (bin_dir / name).symlink_to(localcluster.find_binary(name))
+    for name in controlplane.BINARIES:
+        (bin_dir / name).symlink_to(controlplane.find_binary(name))
     broken = bin_dir / "kube-scheduler"
     broken.unlink()
     broken.write_text("#!/bin/sh\necho 'scheduler: simulated crash' >&2\nexit 3\n")
     broken.chmod(0o755)
-    cluster = localcluster.LocalCluster(tmp_path / "work", bin_dir)
+    cluster = controlplane.LocalCluster(tmp_path / "work", bin_dir)
     pids: list[int] = []
     spawn = cluster._spawn
 
@@ -164,7 +159,7 @@ def test_failed_start_reports_log_and_leaves_nothing_behind(tmp_path: Path) -> N
         pids.append(cluster.processes.procs[-1][1].pid)
 
     cluster._spawn = recording_spawn
-    with pytest.raises(localcluster.ClusterError, match="simulated crash") as caught:
+    with pytest.raises(controlplane.ClusterError, match="simulated crash") as caught:
         cluster.start()
     assert "kube-scheduler exited with 3" in str(caught.value)
     assert len(pids) == 5  # etcd, kube-apiserver, kube-controller-manager, scheduler, kwok
@@ -177,13 +172,13 @@ def test_failed_start_reports_log_and_leaves_nothing_behind(tmp_path: Path) -> N
 def test_pending_pod_kwok_disregards_is_deleted_once_annotation_goes(cluster: Any) -> None:
     """No kubelet: deleting a Pod kwok disregards leaves it Terminating, until the
     annotation is removed and kwok's pod-delete stage finishes it."""
-    annotations = {localcluster.KWOK_STATUS_ANNOTATION: "custom"}
+    annotations = {controlplane.KWOK_STATUS_ANNOTATION: "custom"}
     cluster.kubectl("apply", "-f", "-", input=bare_pod("never-runs", annotations))
     eventually(lambda: cluster.get_json("pod", "never-runs")["spec"].get("nodeName"))
     cluster.kubectl("delete", "pod", "never-runs", "--wait=false")
     time.sleep(2)
     assert cluster.get_json("pod", "never-runs")["metadata"]["deletionTimestamp"]
-    cluster.kubectl("annotate", "pod", "never-runs", f"{localcluster.KWOK_STATUS_ANNOTATION}-")
+    cluster.kubectl("annotate", "pod", "never-runs", f"{controlplane.KWOK_STATUS_ANNOTATION}-")
     eventually(
         lambda: cluster.kubectl("get", "pod", "never-runs", check=False).returncode != 0,
         what="never-runs deleted",

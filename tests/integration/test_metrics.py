@@ -11,10 +11,12 @@ import time
 
 import httpx
 
-from tests.integration.test_backlog import netns, ns_get, ns_metric, upstream_in, wait_ready_in
-from tests.integration.test_limits import Conn, wait_for
+from tests.support.metrics import samples
+from tests.support.netns import netns, ns_get, ns_metric, upstream_in, wait_ready_in
 from tests.support.processes import ROOT, Sidecar, sidecar
 from tests.support.promtool import check_metrics
+from tests.support.rawhttp import Conn
+from tests.support.waiting import wait_for
 
 # Every sample name the issue promises, with a label set where it has one.
 EXPECTED_SAMPLES = [
@@ -39,15 +41,6 @@ EXPECTED_SAMPLES = [
     "asgi_accept_queue_length",
     "asgi_listen_overflows_total",
 ]
-
-
-def samples(text: str) -> dict[str, float]:
-    result = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            result[key] = float(value)
-    return result
 
 
 def make_traffic(sc: Sidecar) -> None:

@@ -28,6 +28,7 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from asgi_operator.autotuning import TuningMetrics
+from tests.support.metrics import samples
 from tests.support.processes import ROOT, Sidecar, free_port, sidecar, stop
 from tests.support.promtool import check_metrics
 
@@ -508,9 +509,7 @@ def test_every_metric_used_is_exported(live):
     texts = [sc.metrics() for sc in live.sidecars.values()]
     texts.append(httpx.get(f"http://127.0.0.1:{live.operator_port}/metrics", timeout=5).text)
     for text in texts:
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                exported.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+        exported.update(key.split("{", 1)[0] for key in samples(text))
     missing = sorted(names - exported)
     assert not missing, f"used but not exported: {missing}"
     # The operator's exposition passes promtool like the sidecar's (test_metrics.py).

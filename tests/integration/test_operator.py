@@ -3,57 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.support import waiting
-from tests.support.processes import ROOT, stop
+from tests.support.kube import Operator, condition, eventually, get
+from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.timeout(300)
 
 SAMPLES = ROOT / "samples"
-
-
-# What a busy API server or a not-yet-created object looks like from kubectl.
-TRANSIENT = (RuntimeError, subprocess.CalledProcessError, LookupError, TypeError)
-
-
-def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
-    return waiting.eventually(check, timeout, what, tolerate=TRANSIENT)
-
-
-class Operator:
-    def __init__(self, kubeconfig: Path, log: Path, sidecar_image: str = "sidecar:test") -> None:
-        self.kubeconfig = kubeconfig
-        self.log_path = log
-        self.sidecar_image = sidecar_image
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces",
-                 "--liveness", "", "--resync-seconds", "2", "--sidecar-image", self.sidecar_image,
-                 "--metrics-port", "0"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -89,18 +51,6 @@ def server(name: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"image": "example.com/app:1", **spec},
     }
-
-
-def get(cluster: Any, kind: str, name: str, namespace: str) -> dict[str, Any]:
-    result: dict[str, Any] = cluster.get_json(kind, name, "-n", namespace)
-    return result
-
-
-def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
-    for cond in body.get("status", {}).get("conditions", []):
-        if cond["type"] == kind:
-            return cond
-    return {}
 
 
 def test_sample_becomes_running_pods_with_matching_settings(cluster, operator, namespace):
@@ -319,19 +269,13 @@ def test_peering_pauses_the_lower_priority_operator_until_the_higher_leaves(clus
         "metadata": {"name": "ha"},
     }
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(peering))
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     procs = []
     try:
         for priority in (100, 10):
             flags = ["--liveness", "", "--metrics-port", "0", "--peering", "ha"]
             flags += ["--priority", str(priority)]
-            command = [sys.executable, "-m", "asgi_operator", "run", "--all-namespaces", *flags]
-            with (tmp_path / f"op-{priority}.log").open("wb") as log:
-                procs.append(
-                    subprocess.Popen(
-                        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-                    )
-                )
+            log = tmp_path / f"op-{priority}.log"
+            procs.append(Operator(cluster.kubeconfig, log, None, flags=flags).start())
             # The high-priority operator is registered before the low one starts, so the
             # low one meets it at once instead of racing it.
             eventually(
@@ -349,7 +293,7 @@ def test_peering_pauses_the_lower_priority_operator_until_the_higher_leaves(clus
         low_log = tmp_path / "op-10.log"
         time.sleep(3)
         assert "Resuming operations" not in low_log.read_text()
-        stop(procs[0])
+        procs[0].stop()
 
         def resumed() -> bool:
             return "Resuming operations after the pause" in low_log.read_text()
@@ -362,4 +306,4 @@ def test_peering_pauses_the_lower_priority_operator_until_the_higher_leaves(clus
             ) from None
     finally:
         for proc in procs:
-            stop(proc)
+            proc.stop()

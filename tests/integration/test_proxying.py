@@ -17,13 +17,8 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.support.processes import free_port, sidecar, upstream_app
-from tests.support.rawhttp import (
-    RawClient,
-    established,
-    eventually,
-    proc_status_kib,
-    request,
-)
+from tests.support.rawhttp import RawClient, established, proc_status_kib, request
+from tests.support.waiting import eventually
 
 MiB = 1024 * 1024
 # 1 GiB each way: measured at about 1.5 s per GiB on the 2-core test machine.

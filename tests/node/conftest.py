@@ -1,5 +1,5 @@
 """A real node for the end-to-end tests: the local control plane without kwok's fake node,
-containerd, runc, a CNI bridge and the kubelet (hack/localnode.py), the project's images
+containerd, runc, a CNI bridge and the kubelet (hack/node.py), the project's images
 built locally (hack/nodeimages.py), and the operator.  Started once for the directory.
 
 The figures measured here (node start-up, Pod start, ConfigMap propagation, load
@@ -8,9 +8,7 @@ results) are written to ``bench/results/node-e2e.json``.
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_operator import Operator
-from tests.support.processes import ROOT
-
-sys.path.insert(0, str(ROOT / "hack"))
-localcluster = importlib.import_module("localcluster")
-localnode = importlib.import_module("localnode")
-nodeimages = importlib.import_module("nodeimages")
+from hack import nodeimages
+from hack.cache import ROOT
+from hack.controlplane import LocalCluster
+from hack.node import LocalNode, missing_requirements
+from tests.support.kube import Operator
 
 REPORT = ROOT / "bench" / "results" / "node-e2e.json"
 # The tests' own bridge and subnet: `make run-node` uses asgi0 and 10.89.0.0/24.
@@ -32,7 +28,7 @@ BRIDGE, SUBNET = "asgi1", "10.89.1.0/24"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    missing = localnode.missing_requirements()
+    missing = missing_requirements()
     for item in items:
         if item.get_closest_marker("node") and missing:
             item.add_marker(pytest.mark.skip(reason="no real node here: " + "; ".join(missing)))
@@ -57,7 +53,7 @@ def node_images(report: dict[str, Any]) -> Path:
 @pytest.fixture(scope="session")
 def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     work = tmp_path_factory.mktemp("node-cluster")
-    with localcluster.LocalCluster(work, fake_node=False) as cluster:
+    with LocalCluster(work, fake_node=False) as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl(
             "wait", "--for=condition=Established", "crd/asgiservers.asgi.dev", "--timeout=30s"
@@ -73,9 +69,7 @@ def node(
     report: dict[str, Any],
 ) -> Iterator[Any]:
     work = tmp_path_factory.mktemp("node")
-    with localnode.LocalNode(
-        node_cluster, work, node_images, bridge=BRIDGE, subnet=SUBNET
-    ) as running:
+    with LocalNode(node_cluster, work, node_images, bridge=BRIDGE, subnet=SUBNET) as running:
         report["node"] = {k: round(v, 2) for k, v in running.timings.items()}
         yield running
 

@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.test_operator import condition, eventually, get
-from tests.node.conftest import localnode, nodeimages
+from hack import nodeimages
+from hack.nodeconfig import ALLOWED_SYSCTLS
+from tests.support import metrics
 from tests.support.endpointload import EndpointLoad
+from tests.support.kube import ConfigMapWatch, condition, eventually, get
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(420)]
 
@@ -82,14 +84,7 @@ def in_pod(cluster: Any, namespace: str, pod: str, container: str, *cmd: str) ->
 
 def scrape(ip: str, port: int = 9090) -> dict[str, float]:
     """The sidecar's unlabelled samples, from its /metrics on the Pod IP."""
-    with urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            key, _, value = line.rpartition(" ")
-            samples[key] = float(value)
-    return samples
+    return metrics.scrape(f"http://{ip}:{port}/metrics", labelled=False)
 
 
 def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
@@ -224,49 +219,7 @@ def test_limits_metrics_and_autotuning_on_real_pods(
 
 
 def scrape_labelled(ip: str, port: int = 9090) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-
-
-class ConfigMapWatch:
-    """Polls a ConfigMap's limitConcurrency every 0.2 s; remembers when it first changed."""
-
-    def __init__(self, cluster: Any, namespace: str, name: str) -> None:
-        self.cluster, self.namespace, self.name = cluster, namespace, name
-        self.initial: int | None = None
-        self.changed: tuple[float, int] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _limit(self) -> int:
-        data = get(self.cluster, "configmap", self.name, self.namespace)["data"]
-        return int(json.loads(data["sidecar.json"])["limitConcurrency"])
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2) and self.changed is None:
-            try:
-                value = self._limit()
-            except Exception:  # the API server was busy: next time
-                continue
-            if value != self.initial:
-                self.changed = (time.monotonic(), value)
-
-    def first_change(self) -> tuple[float, int] | None:
-        return self.changed
-
-    def __enter__(self) -> ConfigMapWatch:
-        self.initial = self._limit()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    return metrics.scrape(f"http://{ip}:{port}/metrics")
 
 
 def test_a_rolling_update_under_load_fails_no_request(
@@ -324,7 +277,7 @@ def forbidding_node(node: Any) -> Iterator[Any]:
     try:
         yield node
     finally:
-        node.restart_kubelet(localnode.ALLOWED_SYSCTLS)
+        node.restart_kubelet(ALLOWED_SYSCTLS)
 
 
 def test_a_kubelet_without_the_allow_list_refuses_the_pod(

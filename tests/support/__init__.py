@@ -1,0 +1,10 @@
+"""What the tests share; no test module imports another.
+
+- ``rawhttp``: the raw-socket HTTP/1.1 client (``RawClient``, ``Conn``) and socket tables;
+- ``metrics``: the Prometheus text parser (prometheus-client's);
+- ``waiting``: ``eventually`` / ``wait_for``, the one polling helper;
+- ``processes``: the upstream app and the sidecar as processes (``hack.supervisor``);
+- ``kube``: the operator as a process, ConfigMap polling, reading objects on the local
+  control plane (``hack.controlplane``);
+- ``netns``: network namespaces; ``apps``, ``kmockapi``, ``endpointload``, ``promtool``.
+"""

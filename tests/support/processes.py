@@ -1,50 +1,25 @@
 """Start and stop real processes for the tests: the upstream app and the sidecar.
 
 Every process started here is stopped by the fixture that started it, by its
-process id, even when the test fails.
+process id, even when the test fails (``hack.supervisor.stop``, as everywhere).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from hack.cache import ROOT
+from hack.supervisor import free_port, stop, wait_port
+from tests.support import metrics
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return int(proc.returncode)
+__all__ = ["ROOT", "Sidecar", "free_port", "sidecar", "stop", "upstream_app", "wait_port"]
 
 
 @dataclass
@@ -64,14 +39,8 @@ class Sidecar:
 
     def metric(self, name: str, labels: str = "") -> float:
         """Value of one sample, e.g. metric("asgi_requests_total", 'code="200"'); 0 if absent."""
-        wanted = f"{name}{{{labels}}}" if labels else name
-        for line in self.metrics().splitlines():
-            if line.startswith("#"):
-                continue
-            key, _, value = line.rpartition(" ")
-            if key == wanted:
-                return float(value)
-        return 0.0
+        found = metrics.value(self.metrics(), name, labels)
+        return 0.0 if found is None else found
 
     def log(self) -> str:
         return self.log_path.read_text()

@@ -1,16 +1,17 @@
-"""A raw-socket HTTP/1.1 client for input no well-behaved client library would send.
+"""The one raw-socket HTTP/1.1 client, for input no well-behaved client library would send.
 
 ``RawClient`` sends exactly the bytes it is given and reads responses itself,
 with a timeout on every read, so tests can send malformed, slow or pipelined
 requests and see exactly what comes back, including whether the connection is
-closed afterwards.
+closed afterwards.  ``Conn`` is the same client addressed by path (``send("/slow")``),
+as the limit and keep-alive tests use it, so each test decides exactly which
+connection sends what and when.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 DEFAULT_TIMEOUT = 10.0
@@ -19,20 +20,24 @@ DEFAULT_TIMEOUT = 10.0
 @dataclass
 class Response:
     status: int
-    reason: str
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    reason: str = ""
+    fields: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Header values by lower-case name (the first of repeated ones)."""
+        found: dict[str, str] = {}
+        for key, value in self.fields:
+            found.setdefault(key.lower(), value)
+        return found
 
     def header(self, name: str) -> str | None:
         """The value of the first header called ``name`` (case-insensitive), or None."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+        return self.headers.get(name.lower())
 
     def header_names(self) -> set[str]:
-        return {key.lower() for key, _ in self.headers}
+        return set(self.headers)
 
 
 class RawClient:
@@ -92,8 +97,11 @@ class RawClient:
             headers.append((name.strip(), value.strip()))
         return Response(int(status), reason[0] if reason else "", headers)
 
-    def read_response(self, method: str = "GET") -> Response:
-        """Read one complete final response (1xx heads are skipped)."""
+    def read_response(self, method: str = "GET", *, until_close: bool = True) -> Response:
+        """Read one complete final response (1xx heads are skipped).
+
+        A body with neither length nor chunks ends at the close (``until_close``), or is
+        taken as empty."""
         response = self.read_head()
         while 100 <= response.status < 200 and response.status != 101:
             response = self.read_head()
@@ -112,7 +120,7 @@ class RawClient:
             response.body = b"".join(parts)
         elif response.header("content-length") is not None:
             response.body = self._take(int(response.header("content-length") or 0))
-        else:
+        elif until_close:
             while self._fill():
                 pass
             response.body, self.buffer = self.buffer, b""
@@ -152,6 +160,63 @@ class RawClient:
             self.sock.settimeout(DEFAULT_TIMEOUT)
         data, self.buffer = self.buffer, b""
         return data
+
+
+class Conn:
+    """A ``RawClient`` addressed by path: ``send("/slow?s=1")``, ``request("/echo")``."""
+
+    def __init__(self, port: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.client = RawClient(port, timeout)
+
+    @property
+    def sock(self) -> socket.socket:
+        return self.client.sock
+
+    @property
+    def buf(self) -> bytes:
+        """What was read and not yet parsed."""
+        return self.client.buffer
+
+    def send(self, path: str, method: str = "GET", extra: str = "") -> None:
+        """A request head for ``path``; ``extra``: more header lines, each ending in CRLF."""
+        self.client.send(f"{method} {path} HTTP/1.1\r\nhost: test\r\n{extra}\r\n".encode())
+
+    def read_response(self, method: str = "GET") -> Response:
+        return self.client.read_response(method, until_close=False)
+
+    def request(self, path: str, method: str = "GET") -> Response:
+        self.send(path, method)
+        return self.read_response(method)
+
+    def wait_closed(self, timeout: float) -> float | None:
+        """Seconds until the server closed the connection (EOF or reset); None if it did not.
+
+        What arrives meanwhile is kept in ``buf``."""
+        start = time.monotonic()
+        self.sock.settimeout(timeout)
+        try:
+            while self.client._fill():
+                pass
+        except TimeoutError:
+            return None
+        except ConnectionResetError:
+            pass
+        return time.monotonic() - start
+
+    def is_open(self) -> bool:
+        """True if the server has not closed the connection (nothing to read, no EOF)."""
+        self.sock.setblocking(False)
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK))
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            self.sock.setblocking(True)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def request(
@@ -206,14 +271,3 @@ def proc_status_kib(pid: int, field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise KeyError(field)
-
-
-def eventually(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``check`` until it is true or ``timeout`` seconds pass; returns the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)

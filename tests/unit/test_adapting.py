@@ -13,20 +13,14 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-from prometheus_client.exposition import generate_latest
 
 from asgi_sidecar.adapting import UPDATE_INTERVAL, AdaptiveLimit
 from asgi_sidecar.cli import _flags, build_parser
 from asgi_sidecar.configuring import ConfigError, build_settings
-from asgi_sidecar.metrics import SidecarCollector, make_registry, settings_info
 from asgi_sidecar.settings import SidecarSettings
-from asgi_sidecar.stats import Stats
-from tests.unit.test_metrics import GAUGES, sample
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 KNEE = 50
 BASE = 0.010
 Value = float | Callable[[float], float]
@@ -171,20 +165,3 @@ def test_adaptive_flag_needs_no_value():
     assert build_settings(flags=_flags(args)).adaptive is True
     args = build_parser().parse_args(["proxy", "--adaptive", "false"])
     assert build_settings(flags=_flags(args)).adaptive is False
-
-
-def test_adaptive_gauges_are_exported_and_documented():
-    gauges = dataclasses.replace(GAUGES, adaptive_limit=42, adaptive_baseline=0.012)
-    info = settings_info(SidecarSettings().model_dump(), "proxy", "0.1.0")
-    text = generate_latest(
-        make_registry(SidecarCollector(Stats(), lambda: gauges, lambda: info))
-    ).decode()
-    assert sample(text, "asgi_adaptive_limit") == 42
-    assert sample(text, "asgi_adaptive_baseline_seconds") == 0.012
-    plain = generate_latest(
-        make_registry(SidecarCollector(Stats(), lambda: GAUGES, lambda: info))
-    ).decode()
-    assert "asgi_adaptive_limit" not in plain
-    readme = README.read_text()
-    for name in ("asgi_adaptive_limit", "asgi_adaptive_baseline_seconds"):
-        assert f"`{name}`" in readme

@@ -2,11 +2,19 @@ import random
 
 import pytest
 
-from asgi_sidecar.http1 import (
+from asgi_sidecar import http1
+from asgi_sidecar.framing import (
     ChunkedScanner,
     ProtocolError,
     parse_response_head,
     response_has_body,
+)
+from asgi_sidecar.http1 import (
+    BadTransferEncodingError,
+    HeaderTooLargeError,
+    RequestHead,
+    client_head,
+    input_refusal,
     simple_response,
 )
 
@@ -99,3 +107,194 @@ def test_chunked_scanner_rejects_garbage():
         ChunkedScanner().feed(b"zz\r\n")
     with pytest.raises(ProtocolError):
         ChunkedScanner().feed(b"1" * 9000)
+
+
+# -- request heads rewritten for the upstream -----------------------------------------------
+
+
+def rewritten(*headers: tuple[bytes, bytes], peer: bytes = b"10.0.0.9", limit: int = 8192) -> bytes:
+    head = RequestHead()
+    head.method, head.url = b"GET", b"/x"
+    for name, value in headers:
+        head.add_header(name, value)
+    head.rewrite(peer, limit)
+    return head.head_bytes
+
+
+def test_request_head_drops_hop_by_hop_and_adds_forwarding():
+    raw = rewritten(
+        (b"Host", b"app"),
+        (b"Connection", b"keep-alive, X-Secret"),
+        (b"X-Secret", b"1"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"TE", b"trailers"),
+        (b"X-Forwarded-For", b"1.2.3.4"),
+    )
+    assert raw == (
+        b"GET /x HTTP/1.1\r\nHost: app\r\n"
+        b"x-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: http\r\n\r\n"
+    )
+
+
+def test_connection_never_drops_the_framing_or_the_host():
+    raw = rewritten(
+        (b"Host", b"app"), (b"Content-Length", b"3"), (b"Connection", b"content-length, host")
+    )
+    assert b"Host: app\r\n" in raw
+    assert b"Content-Length: 3\r\n" in raw
+
+
+def test_request_head_keeps_the_clients_proto_and_rechunks():
+    head = RequestHead()
+    head.method, head.url = b"POST", b"/"
+    head.add_header(b"X-Forwarded-Proto", b"https")
+    head.add_header(b"Transfer-Encoding", b"gzip, chunked")
+    head.rewrite(b"::1", 8192)
+    assert head.has_body
+    assert head.chunked
+    assert head.head_bytes.endswith(
+        b"X-Forwarded-Proto: https\r\nx-forwarded-for: ::1\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+
+
+def test_upgrade_is_forwarded_only_when_connection_names_it():
+    kept = rewritten((b"Connection", b"Upgrade"), (b"Upgrade", b"websocket"))
+    assert kept.endswith(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n")
+    dropped = rewritten((b"Upgrade", b"websocket"))
+    assert b"upgrade" not in dropped.lower()
+
+
+def test_expect_and_content_length_set_what_the_proxy_needs():
+    head = RequestHead()
+    head.add_header(b"Expect", b"100-continue")
+    head.add_header(b"Content-Length", b"0")
+    assert head.expect_continue
+    assert not head.has_body
+    assert head.error is None
+    odd = RequestHead()
+    odd.add_header(b"Expect", b"something-else")
+    assert odd.error == (417, "bad_request")
+
+
+def test_oversized_or_badly_encoded_heads_are_refused():
+    with pytest.raises(HeaderTooLargeError):
+        rewritten((b"X-Big", b"a" * 100), limit=64)
+    head = RequestHead()
+    head.add_header(b"Transfer-Encoding", b"chunked, gzip")
+    with pytest.raises(BadTransferEncodingError):
+        head.rewrite(b"1.1.1.1", 8192)
+
+
+def test_parser_errors_map_to_status_and_reason():
+    assert input_refusal(HeaderTooLargeError()) == (431, "header_too_large")
+    wrapped = ValueError("callback failed")  # what httptools raises for a callback's error
+    wrapped.__context__ = BadTransferEncodingError()
+    assert input_refusal(wrapped) == (400, "smuggling")
+    assert input_refusal(ValueError("Content-Length can't be present")) == (400, "smuggling")
+    assert input_refusal(ValueError("Invalid method")) == (400, "bad_request")
+
+
+# -- upstream response heads rewritten for the client ---------------------------------------
+
+KEEP = http1.keep_alive_end(75)
+
+
+def forwarded(
+    raw: bytes,
+    *,
+    method: bytes = b"GET",
+    upgrade: bytes = b"",
+    decode_chunks: bool = False,
+    keep_alive_end: bytes | None = KEEP,
+) -> tuple[bytes, bool]:
+    return client_head(
+        parse_response_head(raw),
+        method=method,
+        upgrade=upgrade,
+        keep_alive=True,
+        decode_chunks=decode_chunks,
+        keep_alive_end=keep_alive_end,
+    )
+
+
+def test_client_head_keeps_alive_with_the_sidecars_timeout():
+    head, keep = forwarded(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5")
+    assert keep
+    assert head == (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+        b"connection: keep-alive\r\nkeep-alive: timeout=75\r\n\r\n"
+    )
+
+
+def test_client_head_closes_when_the_body_ends_with_the_connection():
+    head, keep = forwarded(b"HTTP/1.1 200 OK")
+    assert not keep
+    assert head.endswith(b"connection: close\r\n\r\n")
+    _, keep = forwarded(b"HTTP/1.1 200 OK", method=b"HEAD")
+    assert keep
+    _, keep = forwarded(b"HTTP/1.1 204 No Content")
+    assert keep
+
+
+def test_client_head_chunked_passes_through_or_is_decoded_for_http10():
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"
+    head, keep = forwarded(raw)
+    assert keep
+    assert b"transfer-encoding: chunked\r\n" in head
+    head, keep = forwarded(raw, decode_chunks=True)
+    assert not keep
+    assert b"transfer-encoding" not in head
+
+
+def test_client_head_while_stopping_closes_every_connection():
+    head, keep = forwarded(b"HTTP/1.1 200 OK\r\nContent-Length: 0", keep_alive_end=None)
+    assert not keep
+    assert head.endswith(b"connection: close\r\n\r\n")
+
+
+def test_client_head_for_interim_and_switching_responses():
+    head, keep = forwarded(b"HTTP/1.1 100 Continue")
+    assert (head, keep) == (b"HTTP/1.1 100 Continue\r\n\r\n", True)
+    head, _ = forwarded(b"HTTP/1.1 101 Switching Protocols", upgrade=b"websocket")
+    assert head.endswith(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n")
+
+
+# -- responses the sidecar makes --------------------------------------------------------------
+
+
+def test_every_generated_response_is_complete_http():
+    responses = {
+        400: http1.refusal(400),
+        408: http1.REQUEST_TIMEOUT,
+        417: http1.refusal(417),
+        431: http1.refusal(431),
+        502: http1.gateway_error(502, keep_alive=True, keep_alive_timeout=75, head_only=False),
+        503: http1.rejection(1, keep_alive=True, keep_alive_timeout=75, head_only=False),
+        504: http1.gateway_error(504, keep_alive=False, keep_alive_timeout=75, head_only=False),
+    }
+    for status, response in responses.items():
+        head, _, body = response.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0].startswith(b"HTTP/1.1 %d " % status)
+        assert f"content-length: {len(body)}".encode() in lines
+        assert b"content-type: text/plain; charset=utf-8" in lines
+    assert b"connection: close" in responses[408]
+    assert responses[400].endswith(b"connection: close\r\n\r\n")
+
+
+def test_rejection_is_the_same_503_in_both_modes():
+    proxied = http1.rejection(7, keep_alive=False, keep_alive_timeout=5, head_only=False)
+    assert b"retry-after: 7\r\n" in proxied
+    assert proxied.endswith(b"\r\n\r\n" + http1.REJECTION_BODY)
+    fields = dict(http1.rejection_fields(7))
+    assert fields == {b"content-type": b"text/plain; charset=utf-8", b"retry-after": b"7"}
+    assert http1.rejection(7, keep_alive=True, keep_alive_timeout=5, head_only=True).endswith(
+        b"keep-alive: timeout=5\r\n\r\n"
+    )
+
+
+def test_gateway_errors_say_what_failed():
+    bad = http1.gateway_error(502, keep_alive=False, keep_alive_timeout=5, head_only=False)
+    late = http1.gateway_error(504, keep_alive=False, keep_alive_timeout=5, head_only=False)
+    assert bad.endswith(b"Bad Gateway\n")
+    assert late.endswith(b"Gateway Timeout\n")

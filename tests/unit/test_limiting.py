@@ -1,4 +1,9 @@
+import pytest
+
+from asgi_sidecar.admitting import QUEUED, Admission
 from asgi_sidecar.limiting import ConcurrencyLimiter
+from asgi_sidecar.settings import SidecarSettings
+from asgi_sidecar.stats import Stats
 
 
 def test_admits_exactly_the_limit():
@@ -61,3 +66,108 @@ def test_raising_the_limit_admits_waiters_and_lowering_interrupts_nobody():
     assert limiter.release() is None
     assert limiter.release() is None
     assert limiter.release() == "c"
+
+
+# -- the admission engine both modes share ---------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engine(woken: list[str], **settings: object) -> tuple[Admission[str], Clock]:
+    clock = Clock()
+
+    def wake(waiter: str) -> bool:
+        if waiter.startswith("gone"):
+            return False  # gave up already: the slot must pass on
+        woken.append(waiter)
+        return True
+
+    values = {"limit_concurrency": 1, "queue_depth": 2, "queue_timeout": 5.0, **settings}
+    return Admission(SidecarSettings(**values), Stats(), clock, wake), clock
+
+
+def test_admission_queues_then_wakes_in_order_and_records():
+    woken: list[str] = []
+    admission, clock = engine(woken)
+    assert admission.try_acquire()
+    assert not admission.try_acquire()
+    assert admission.queue("a") == QUEUED
+    assert admission.queue("b") == QUEUED
+    assert admission.queue("c") == "queue_full"
+    admission.started(queued_at=-1.0, now=clock.now)
+    assert admission.stats.queue_wait.count == 0
+    admission.finished(0.02)
+    assert woken == ["a"]
+    assert admission.stats.request_duration.count == 1
+    admission.started(queued_at=clock.now - 0.5, now=clock.now)
+    assert admission.stats.queue_wait.sum == pytest.approx(0.5)
+    admission.release()
+    assert woken == ["a", "b"]
+    admission.release()
+    assert admission.limiter.in_flight == 0
+
+
+def test_admission_refuses_without_a_queue_and_when_closed():
+    admission, _ = engine([], queue_depth=0)
+    assert admission.try_acquire()
+    assert admission.queue("a") == "concurrency_limit"
+    admission.close()
+    assert admission.queue("a") == "shutting_down"
+
+
+def test_admission_passes_a_slot_over_waiters_that_gave_up():
+    woken: list[str] = []
+    admission, _ = engine(woken)
+    assert admission.try_acquire()
+    admission.queue("gone-1")
+    admission.queue("b")
+    admission.release()
+    assert woken == ["b"]
+    assert admission.limiter.in_flight == 1
+
+
+def test_admission_expires_waiters_by_the_clock():
+    admission, clock = engine([])
+    assert admission.try_acquire()
+    admission.queue("a")
+    clock.now += 4.9
+    assert admission.expire(clock.now) == []
+    clock.now += 0.2
+    assert admission.expire(clock.now) == ["a"]
+
+
+def test_admission_apply_raises_the_limit_and_wakes_waiters():
+    woken: list[str] = []
+    admission, _ = engine(woken)
+    assert admission.try_acquire()
+    admission.queue("a")
+    admission.queue("gone-b")
+    admission.apply(SidecarSettings(limit_concurrency=3, queue_depth=2))
+    assert woken == ["a"]
+    assert admission.limiter.in_flight == 2  # the slot of the one that gave up came back
+    assert admission.limiter.limit == 3
+
+
+def test_admission_adaptive_limit_moves_only_on_ticks():
+    admission, _ = engine([], adaptive=True, limit_concurrency=40, adaptive_min=1)
+    assert admission.adaptive is not None
+    assert admission.limiter.limit == 40
+    for now in (0.0, 0.25, 0.5, 0.75, 1.0):
+        for _ in range(20):
+            admission.adaptive.record(0.010 if now < 0.5 else 0.100, 40)
+        admission.tick(now)
+    assert admission.limiter.limit is not None
+    assert admission.limiter.limit < 40
+    assert admission.limiter.limit == admission.adaptive.current
+    kept = admission.adaptive
+    admission.apply(SidecarSettings(adaptive=True, limit_concurrency=99, adaptive_max=500))
+    assert admission.adaptive is kept  # what it learnt survives a reload
+    admission.apply(SidecarSettings(limit_concurrency=7))
+    assert admission.adaptive is None
+    assert admission.limiter.limit == 7

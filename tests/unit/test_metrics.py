@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 from prometheus_client.exposition import generate_latest
@@ -5,6 +6,7 @@ from prometheus_client.exposition import generate_latest
 from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
+from tests.support.metrics import samples
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -36,11 +38,7 @@ def scrape(stats: Stats) -> str:
 
 
 def sample(text: str, key: str) -> float:
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == key:
-            return float(value)
-    raise KeyError(key)
+    return samples(text)[key]
 
 
 def test_stats_become_prometheus_samples():
@@ -77,3 +75,20 @@ def test_every_metric_and_setting_is_documented_in_the_readme():
             assert f"`{name}" in readme, name
     for field in SidecarSettings.model_fields:
         assert f"`{field}`" in readme, field
+
+
+def test_adaptive_gauges_are_exported_and_documented():
+    gauges = dataclasses.replace(GAUGES, adaptive_limit=42, adaptive_baseline=0.012)
+    info = settings_info(SidecarSettings().model_dump(), "proxy", "0.1.0")
+    text = generate_latest(
+        make_registry(SidecarCollector(Stats(), lambda: gauges, lambda: info))
+    ).decode()
+    assert sample(text, "asgi_adaptive_limit") == 42
+    assert sample(text, "asgi_adaptive_baseline_seconds") == 0.012
+    plain = generate_latest(
+        make_registry(SidecarCollector(Stats(), lambda: GAUGES, lambda: info))
+    ).decode()
+    assert "asgi_adaptive_limit" not in plain
+    readme = README.read_text()
+    for name in ("asgi_adaptive_limit", "asgi_adaptive_baseline_seconds"):
+        assert f"`{name}`" in readme

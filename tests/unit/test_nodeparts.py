@@ -3,21 +3,18 @@ configurations, and the pause program (built and run here)."""
 
 from __future__ import annotations
 
-import importlib
 import json
+import os
+import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 
 import pytest
 
-from tests.support.processes import ROOT
-
-sys.path.insert(0, str(ROOT / "hack"))
-nodeimages = importlib.import_module("nodeimages")
-localnode = importlib.import_module("localnode")
+from hack import cache, nodeconfig, nodeimages
+from hack.cache import ROOT
 
 
 def test_archive_stores_shared_layers_once_with_one_config_per_image(tmp_path):
@@ -67,7 +64,7 @@ def test_images_run_as_the_operators_sidecar_user_and_match_its_default():
 
 
 def test_kubelet_config_allows_only_the_given_sysctls(tmp_path):
-    config = localnode.kubelet_config(
+    config = nodeconfig.kubelet_config(
         node_ip="10.89.5.1", port=10250, healthz_port=10248,
         runtime_socket=tmp_path / "c.sock", client_ca=tmp_path / "ca.crt",
         cgroup_root="/asgi-x", pod_logs=tmp_path / "logs",
@@ -84,7 +81,7 @@ def test_kubelet_config_allows_only_the_given_sysctls(tmp_path):
 
 
 def test_cni_config_is_a_bridge_whose_gateway_is_the_host():
-    conf = localnode.cni_config("n", "asgi5", "10.89.5.0/24", localnode.Path("/tmp/ipam"))
+    conf = nodeconfig.cni_config("n", "asgi5", "10.89.5.0/24", nodeconfig.Path("/tmp/ipam"))
     bridge = conf["plugins"][0]
     assert bridge["bridge"] == "asgi5"
     assert bridge["isGateway"] is True
@@ -93,7 +90,7 @@ def test_cni_config_is_a_bridge_whose_gateway_is_the_host():
 
 
 def test_containerd_config_uses_cgroupfs_and_the_local_pause_image(tmp_path):
-    text = localnode.containerd_config(
+    text = nodeconfig.containerd_config(
         tmp_path / "root", tmp_path / "state", tmp_path / "s.sock", tmp_path / "net.d",
         "localhost/asgi-pause:1.0",
     )  # fmt: skip
@@ -135,3 +132,56 @@ def test_pause_waits_until_sigterm_or_sigint_then_exits_zero(pause, sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_image_cache_follows_the_shared_cache_rule(tmp_path, monkeypatch):
+    """``hack.cache`` (the images) keys by name, like ``hack/cache.sh`` (the binaries):
+    built once, kept in ``$ASGI_SHARED_CACHE/<kind>``, copied by a fresh clone."""
+    monkeypatch.setenv("ASGI_SHARED_CACHE", str(tmp_path / "shared"))
+    monkeypatch.setattr(cache, "LOCAL", tmp_path / "clone-1")
+    assert cache.shared_dir("images") == tmp_path / "shared" / "images"
+    assert cache.fetch("images", "base-k1.tar") is None  # nothing built yet: build it
+    built = tmp_path / "clone-1" / "images" / "base-k1.tar"
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"layer")
+    cache.keep("images", built)
+    assert cache.fetch("images", "base-k1.tar") == built
+    monkeypatch.setattr(cache, "LOCAL", tmp_path / "clone-2")  # a fresh clone
+    copied = cache.fetch("images", "base-k1.tar")
+    assert copied == tmp_path / "clone-2" / "images" / "base-k1.tar"
+    assert copied.read_bytes() == b"layer"
+    assert cache.fetch("images", "base-k2.tar") is None  # changed sources: a new key
+
+
+def test_the_shell_cache_reuses_by_key_and_honours_asgi_shared_cache(tmp_path):
+    """hack/cache.sh: a build is reused while its key holds, copied by a fresh clone, and
+    replaced when the key changes (and changes back)."""
+    script = """
+set -euo pipefail
+source "$1/hack/cache.sh"
+cache_reuse tool "$2" && { echo reused; exit 0; }
+echo built
+printf '#!/bin/sh\\necho %s\\n' "$2" > "$ASGI_BIN/tool" && chmod +x "$ASGI_BIN/tool"
+cache_keep tool "$2"
+"""
+    shared = tmp_path / "shared"
+
+    def build(clone: str, key: str) -> str:
+        (tmp_path / clone / "hack").mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "hack" / "cache.sh", tmp_path / clone / "hack" / "cache.sh")
+        done = subprocess.run(
+            ["bash", "-c", script, "build", str(tmp_path / clone), key],
+            env={**os.environ, "ASGI_SHARED_CACHE": str(shared)},
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        tool = tmp_path / clone / ".cache" / "bin" / "tool"
+        ran = subprocess.run([tool], capture_output=True, text=True, check=True)
+        assert ran.stdout.strip() == key
+        return done.stdout.strip()
+
+    assert build("clone-1", "k1") == "built"
+    assert build("clone-1", "k1") == "reused"
+    assert build("clone-2", "k1") == "reused"  # a fresh clone copies it
+    assert build("clone-1", "k2") == "built"
+    assert build("clone-1", "k1") == "reused"  # the machine-wide k1, not the local k2
+    assert sorted(p.name for p in (shared / "bin").iterdir()) == ["tool-k1", "tool-k2"]

@@ -54,7 +54,6 @@ def test_crd_shape():
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
     assert columns == ["Ready", "Mode", "Concurrency", "Backlog", "KeepAlive", "Age"]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
-    assert status["x-kubernetes-preserve-unknown-fields"] is True
     assert "phase" not in yaml.safe_dump(status)
     rules = [
         v["rule"]
@@ -69,3 +68,34 @@ def test_every_top_level_spec_field_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     for name in spec_schema()["properties"]:
         assert f"`{name}" in readme, name
+
+
+def status_of(document):
+    return document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+
+
+def test_status_schema_comes_from_the_status_model_and_keeps_nothing_unknown():
+    status = status_of(crd())
+    assert check_descriptions(status, "status") == []
+    assert "x-kubernetes-preserve-unknown-fields" not in yaml.safe_dump(status)
+    assert set(status["properties"]) == {
+        "observedGeneration", "conditions", "effective", "replicas", "readyReplicas", "tuning",
+    }  # fmt: skip
+    for path, node in walk(status, "status"):
+        assert "default" not in node, path  # the operator writes all of it
+
+
+def test_conditions_are_a_list_map_keyed_by_type():
+    conditions = status_of(crd())["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "type" in conditions["items"]["required"]
+
+
+def test_tuned_values_are_spelled_as_the_sidecar_spells_them():
+    from asgi_sidecar.settings import SidecarSettings
+
+    current = status_of(crd())["properties"]["tuning"]["properties"]["current"]["properties"]
+    aliases = {f.alias for f in SidecarSettings.model_fields.values()}
+    assert set(current) <= aliases
+    assert {"limitConcurrency", "timeoutKeepAlive", "backlog"} <= set(current)

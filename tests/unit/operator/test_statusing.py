@@ -78,19 +78,19 @@ def test_rollout_in_progress():
 def test_transition_time_moves_only_on_status_change():
     first = merge_conditions(conditions(SPEC, Observed(1, deployment(), [])), [], 1, "t1")
     again = merge_conditions(conditions(SPEC, Observed(1, deployment(), [])), first, 1, "t2")
-    assert all(c["lastTransitionTime"] == "t1" for c in again)
+    assert all(c.last_transition_time == "t1" for c in again)
     changed = merge_conditions(
         conditions(SPEC, Observed(1, deployment(ready=1), [])), first, 1, "t3"
     )
-    ready = next(c for c in changed if c["type"] == "Ready")
-    assert ready["lastTransitionTime"] == "t3"
+    ready = next(c for c in changed if c.type == "Ready")
+    assert ready.last_transition_time == "t3"
 
 
 def test_status_carries_effective_settings():
     spec = AsgiServerSpec.model_validate(
         {"image": "x", "clientProfile": "mobile", "server": {"backlog": 1000}}
     )
-    status = build_status(spec, Observed(3, deployment(), []), 4096, "now")
+    status = build_status(spec, Observed(3, deployment(), []), 4096, "now").to_patch()
     assert status["observedGeneration"] == 3
     assert status["effective"] == {
         "backlog": 1000,
@@ -100,3 +100,18 @@ def test_status_carries_effective_settings():
         "timeoutKeepAlive": 80.0,
     }
     assert "phase" not in status
+
+
+def test_changes_say_what_moved_in_words():
+    from asgi_operator.models import AsgiServerStatus
+    from asgi_operator.statusing import changes
+
+    before = build_status(SPEC, Observed(1, deployment(ready=1)), 4096, "t1")
+    after = build_status(
+        SPEC, Observed(1, deployment(), [], previous=before.conditions), 4096, "t2"
+    )
+    said = changes(before, after)
+    assert "Ready False (ReplicasNotReady) -> True (AllReplicasReady)" in said
+    assert "2/2 Pods ready" in said
+    assert changes(after, after) == []
+    assert any(line.startswith("Ready True") for line in changes(AsgiServerStatus(), after))

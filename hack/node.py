@@ -29,135 +29,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from localcluster import ClusterError, LocalCluster, Supervisor, find_binary, free_port
+from hack.controlplane import ClusterError, LocalCluster, child_env, find_binary
+from hack.nodeconfig import (
+    ALLOWED_SYSCTLS,
+    CGROUP_V1,
+    TIMEOUT,
+    cni_config,
+    containerd_config,
+    kubelet_config,
+    missing_requirements,
+)
+from hack.supervisor import Supervisor, free_port
 
-CNI_BIN_DIR = Path("/usr/lib/cni")
-CGROUP_V1 = Path("/sys/fs/cgroup")
-ALLOWED_SYSCTLS = ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog")
-TIMEOUT = 120.0
-# Debian packages providing what the node runs (installed by `make node-deps`).
-PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd"}
-
-
-def missing_requirements() -> list[str]:
-    """Why a real node cannot run here; empty when it can."""
-    missing = []
-    if os.geteuid() != 0:
-        missing.append("root (the kubelet and containerd run as root)")
-    for tool in ("containerd", "ctr", "runc", "ip"):
-        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
-            missing.append(f"{tool} on PATH")
-    if not (CNI_BIN_DIR / "bridge").exists():
-        missing.append(f"the CNI plugins in {CNI_BIN_DIR} (containernetworking-plugins)")
-    if not os.access("/sys/fs/cgroup/memory", os.W_OK) and not os.access(
-        "/sys/fs/cgroup/cgroup.procs", os.W_OK
-    ):
-        missing.append("a writable cgroup hierarchy under /sys/fs/cgroup")
-    if not find_binary("kubelet").is_file():
-        missing.append("kubelet in .cache/bin (make cluster)")
-    return missing
-
-
-def cni_config(name: str, bridge: str, subnet: str, data_dir: Path) -> dict[str, object]:
-    """A bridge network with host-local IPAM; the gateway (first address) is the host."""
-    net = ipaddress.ip_network(subnet)
-    return {
-        "cniVersion": "0.4.0",
-        "name": name,
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipMasq": False,
-                "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": str(net), "gateway": str(net[1])}]],
-                    "dataDir": str(data_dir),
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }
-
-
-def containerd_config(root: Path, state: Path, socket: Path, cni_conf_dir: Path, pause: str) -> str:
-    return f"""version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.internal.v1.tracing"]
-[grpc]
-  address = "{socket}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{root}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  # this machine refuses a lower oom_score_adj than the caller's (no CAP_SYS_RESOURCE)
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{cni_conf_dir}"
-"""
-
-
-def kubelet_config(
-    *,
-    node_ip: str,
-    port: int,
-    healthz_port: int,
-    runtime_socket: Path,
-    client_ca: Path,
-    cgroup_root: str,
-    pod_logs: Path,
-    allowed_unsafe_sysctls: Sequence[str],
-) -> dict[str, object]:
-    """KubeletConfiguration for this machine: cgroupfs on cgroup v1, swap allowed, disk
-    pressure and image GC out of the way, no iptables; the rest are the defaults a
-    production kubelet has (sync period, ConfigMap propagation, probes)."""
-    return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        "address": node_ip,
-        "port": port,
-        "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
-        "healthzPort": healthz_port,
-        "cgroupDriver": "cgroupfs",
-        "cgroupRoot": cgroup_root,
-        "failSwapOn": False,
-        "failCgroupV1": False,
-        "containerRuntimeEndpoint": f"unix://{runtime_socket}",
-        "authentication": {
-            "anonymous": {"enabled": False},
-            "webhook": {"enabled": False},
-            "x509": {"clientCAFile": str(client_ca)},
-        },
-        "authorization": {"mode": "AlwaysAllow"},
-        "podLogsDir": str(pod_logs),
-        "resolvConf": "/etc/resolv.conf",
-        "clusterDomain": "cluster.local",
-        "evictionHard": {
-            "memory.available": "100Mi",
-            "nodefs.available": "1%",
-            "imagefs.available": "1%",
-            "nodefs.inodesFree": "1%",
-        },
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "makeIPTablesUtilChains": False,
-        "serializeImagePulls": False,
-        "allowedUnsafeSysctls": list(allowed_unsafe_sysctls),
-    }
+__all__ = ["ALLOWED_SYSCTLS", "LocalNode", "missing_requirements"]
 
 
 class LocalNode:
@@ -182,7 +66,7 @@ class LocalNode:
         self.allowed_unsafe_sysctls = tuple(allowed_unsafe_sysctls)
         self.pause_image = pause_image
         self.logs = self.work_dir / "logs"
-        self.processes = Supervisor(self.logs, self.work_dir)
+        self.processes = Supervisor(self.logs, self.work_dir, child_env(), ClusterError)
         # the socket path must stay under 108 bytes, so state lives in /run
         self.state = Path(tempfile.mkdtemp(prefix=f"asgi-node-{bridge}-", dir="/run"))
         self.socket = self.state / "containerd.sock"
@@ -237,12 +121,10 @@ class LocalNode:
         gone, say) is killed through containerd before containerd itself stops.
         """
         with contextlib.suppress(ClusterError, OSError):
-            if self.processes.exited() is None and any(
-                n == "kubelet" for n, _, _ in self.processes.procs
-            ):
+            if self.processes.exited() is None and self.processes.running("kubelet"):
                 self._drain_pods(timeout=60)
         self.processes.stop_one("kubelet")
-        if any(n == "containerd" for n, _, _ in self.processes.procs):
+        if self.processes.running("containerd"):
             self._kill_containers()
         self.processes.stop()
         self._remove_cgroup_root()

@@ -1,0 +1,143 @@
+"""One request and its response in the proxy, and the interfaces its parts reach each other by.
+
+An ``Exchange`` travels between three parts: the client connection that read it
+(``proxying.FrontConnection``), the upstream connection that carries it to the
+app (``upstream.UpstreamConnection``) and the core that owns the connections,
+the deadlines and the admission engine (``serving.ProxyCore``).  Each part sees
+the others only through the small protocols below, so no module imports the
+one that calls it back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, Protocol
+
+from asgi_sidecar.framing import LAST_CHUNK, frame_chunk
+from asgi_sidecar.http1 import RequestHead
+
+if TYPE_CHECKING:
+    from asgi_sidecar.admitting import Admission
+    from asgi_sidecar.framing import ResponseHead
+    from asgi_sidecar.settings import SidecarSettings
+    from asgi_sidecar.stats import Stats
+
+# Reasons a client connection stops reading; reading resumes when none is left.
+PAUSE_BODY: Final = 1  # body buffered while the request waits for a slot or a connection
+PAUSE_UPSTREAM: Final = 2  # the upstream's write buffer is full
+PAUSE_PIPELINE: Final = 4  # too many pipelined requests waiting their turn
+
+
+class Exchange(RequestHead):
+    """One request (its head rewritten by ``RequestHead``) and its response.
+
+    Defaults live on the class so creating an exchange per request only stores
+    what differs; most requests touch a handful of these attributes.
+    """
+
+    body_buffered = 0
+    body_done = False
+    streaming = False  # the head went upstream: body bytes now follow it directly
+    admitted = False
+    queued_at = -1.0
+    rejected = False
+    upstream: UpstreamEnd | None = None
+    response_started = False
+    finished = False
+    retried = False
+    status = 0
+    started_at = 0.0
+
+    def __init__(self, client: ClientEnd) -> None:
+        RequestHead.__init__(self)
+        self.client = client
+        self.body_parts: list[bytes] = []
+
+    @property
+    def retryable(self) -> bool:
+        """Safe to send again on a fresh connection if a reused one failed at once."""
+        return (
+            not self.retried
+            and not self.response_started
+            and not self.has_body
+            and self.method in (b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"PUT")
+        )
+
+    def upstream_bytes(self) -> bytes:
+        """Head plus any body buffered so far, framed for the upstream."""
+        parts = [self.head_bytes]
+        for part in self.body_parts:
+            parts.append(frame_chunk(part) if self.chunked else part)
+        if self.chunked and self.body_done:
+            parts.append(LAST_CHUNK)
+        self.body_parts = []
+        self.body_buffered = 0
+        return b"".join(parts)
+
+
+class Connection(Protocol):
+    """A client connection as the core handles it (deadlines, eviction, shutdown)."""
+
+    def timed_out_waiting_header(self) -> None: ...
+    def close(self, reason: str) -> None: ...
+    def abort(self, reason: str) -> None: ...
+
+
+class ClientEnd(Connection, Protocol):
+    """A client connection as its exchanges' other parts see it."""
+
+    closed: bool
+    write_paused: bool
+
+    # the response, from the upstream side
+    def response_head(self, ex: Exchange, head: ResponseHead, decode_chunks: bool) -> bytes: ...
+    def response_body(self, data: bytes) -> None: ...
+    def finish(self, ex: Exchange) -> None: ...
+    def upstream_failed(self, ex: Exchange, status: int, reason: str) -> None: ...
+    def start_tunnel(self, ex: Exchange, upstream: UpstreamEnd) -> None: ...
+    def tunnel_closed(self) -> None: ...
+    def write_eof(self) -> bool: ...
+
+    # flow control
+    def pause_reading(self, why: int) -> None: ...
+    def resume_reading(self, why: int) -> None: ...
+    def body_flowing(self) -> None: ...
+
+    # from the admission engine and the queue_timeout sweep
+    def admit(self, ex: Exchange) -> None: ...
+    def reject(self, ex: Exchange, reason: str) -> None: ...
+
+
+class UpstreamEnd(Protocol):
+    """An upstream connection carrying an exchange (or a tunnel), as the client sees it."""
+
+    exchange: Exchange | None
+    half_closed: bool  # a tunnel: one side has sent EOF
+
+    def write(self, data: bytes) -> None: ...
+    def write_eof(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def detach_client(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Core(Protocol):
+    """What a client connection needs from the proxy's core, and nothing more."""
+
+    stats: Stats
+    admission: Admission[Exchange]
+    keep_alive_end: bytes  # the end of a response head on a kept-alive connection
+    stopping: bool  # shutting down: every response closes its connection
+
+    @property
+    def settings(self) -> SidecarSettings: ...
+
+    def opened(self, conn: Connection) -> None: ...
+    def reading_head(self, conn: Connection, was_idle: bool) -> None: ...
+    def head_read(self, conn: Connection) -> None: ...
+    def went_idle(self, conn: Connection) -> None: ...
+    def closing(self, conn: Connection) -> None: ...
+    def closed(self, conn: Connection, reason: str) -> None: ...
+    def forward(self, ex: Exchange) -> None: ...
+    def withdraw(self, ex: Exchange) -> bool: ...

@@ -1,0 +1,116 @@
+"""The pool of keep-alive connections to the app, and the deadlines of requests sent on them.
+
+Idle connections are reused newest first and closed after
+``upstream_keep_alive`` seconds (see ``upstream.py`` for why).  A request sent
+upstream gets ``upstream_timeout`` seconds for its response head, then a 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from asgi_sidecar.tracking import Deadlines
+from asgi_sidecar.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from asgi_sidecar.exchanges import Exchange
+    from asgi_sidecar.settings import SidecarSettings
+
+log = logging.getLogger("asgi_sidecar.upstream")
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream address, and the deadlines of their requests."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, settings: SidecarSettings, host: str, port: int
+    ) -> None:
+        self.loop = loop
+        self.settings = settings  # kept current by the core
+        self.host = host
+        self.port = port
+        self.idle: deque[UpstreamConnection] = deque()
+        self.open: set[UpstreamConnection] = set()
+        self.awaiting: Deadlines[Exchange] = Deadlines()  # sent, no response head yet
+        self.stopping = False  # shutting down: no connection goes back to the pool
+        self._connecting: set[asyncio.Task[None]] = set()
+
+    def acquire(self, ex: Exchange) -> None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.send(ex)
+                return
+        task = self.loop.create_task(self._connect(ex))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, ex: Exchange) -> None:
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+                self.settings.upstream_timeout,
+            )
+        except TimeoutError:
+            self.fail(ex, 504, "connect_timeout")
+            return
+        except OSError as exc:
+            log.debug("upstream connect failed: %s", exc)
+            self.fail(ex, 502, "connect_failed")
+            return
+        self.open.add(conn)
+        if ex.finished or ex.client.closed:
+            self.release(conn)
+            return
+        conn.send(ex)
+
+    def fail(self, ex: Exchange, status: int, reason: str) -> None:
+        """No response will come for ``ex``: the client answers 502 or 504 (or aborts)."""
+        self.awaiting.discard(ex)
+        ex.client.upstream_failed(ex, status, reason)
+
+    def withdraw(self, ex: Exchange) -> bool:
+        """The client went away: forget ``ex``; True if a request upstream was aborted."""
+        self.awaiting.discard(ex)
+        upstream = ex.upstream
+        if upstream is None or upstream.exchange is not ex:
+            return False
+        upstream.abort()
+        return True
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            return
+        if len(self.idle) >= self.settings.upstream_max_idle or self.stopping:
+            conn.close()
+            return
+        conn.resume_reading()  # a slow client may have paused it; the next one must not hang
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self.open.discard(conn)
+
+    def time_out(self, now: float) -> None:
+        """504 for requests whose response head did not come within upstream_timeout."""
+        for ex in self.awaiting.pop_expired(now):
+            upstream = ex.upstream
+            if upstream is not None and not ex.finished:
+                upstream.abort()
+                ex.client.upstream_failed(ex, 504, "timeout")
+
+    def close_expired(self, now: float) -> None:
+        limit = now - self.settings.upstream_keep_alive
+        idle = self.idle
+        while idle and (idle[0].idle_since <= limit or idle[0].closed):
+            idle.popleft().close()
+
+    def close_all(self) -> None:
+        while self.idle:
+            self.idle.popleft().close()
+        for task in list(self._connecting):
+            task.cancel()

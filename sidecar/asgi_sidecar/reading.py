@@ -1,0 +1,288 @@
+"""The reading half of a client connection: bytes to requests, in order, with flow control.
+
+Everything runs in protocol callbacks, with no task per request: httptools
+parses the request and its head is rebuilt for the upstream as it is parsed
+(``http1.RequestHead``).  Request bodies are held (up to a bound) while their
+request waits, then stream upstream; reading pauses while a body waits, while
+the upstream cannot take more, or while too many pipelined requests wait their
+turn, so memory stays bounded whatever the client sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from time import monotonic
+from typing import TYPE_CHECKING, Final
+
+import httptools
+
+from asgi_sidecar import http1
+from asgi_sidecar.exchanges import PAUSE_BODY, PAUSE_PIPELINE
+from asgi_sidecar.framing import LAST_CHUNK, frame_chunk
+from asgi_sidecar.http1 import HeaderTooLargeError
+
+if TYPE_CHECKING:
+    from asgi_sidecar.exchanges import Core, Exchange, UpstreamEnd
+
+BODY_BUFFER_LIMIT: Final = 256 * 1024  # request body bytes held before reading pauses
+PIPELINE_LIMIT: Final = 16  # pipelined requests waiting their turn before reading pauses
+
+
+class RequestReader(asyncio.Protocol):
+    """The reading half of a client connection; ``proxying.FrontConnection`` completes it.
+
+    It turns bytes into ``Exchange``s in order and hands each complete head to
+    ``_start``; malformed input, an oversized head or a head that takes too long
+    become refusals answered in order, then the connection closes.
+    """
+
+    __slots__ = (
+        "admission",
+        "close_reason",
+        "closed",
+        "core",
+        "current",
+        "feeding",
+        "head_bytes",
+        "idle_since",
+        "in_head",
+        "parser",
+        "parsing",
+        "paused",
+        "peer_ip",
+        "pending",
+        "requests_seen",
+        "stats",
+        "transport",
+        "tunnel",
+        "upgrade_rest",
+        "upgrading",
+        "write_paused",
+    )
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.stats = core.stats
+        self.admission = core.admission
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.current: Exchange | None = None
+        self.parsing: Exchange | None = None
+        self.pending: deque[Exchange] = deque()
+        self.peer_ip = b""
+        self.requests_seen = 0
+        self.idle_since = 0.0
+        self.in_head = False
+        self.head_bytes = 0
+        self.paused = 0
+        self.write_paused = False
+        self.closed = False
+        self.close_reason = ""
+        self.tunnel: UpstreamEnd | None = None
+        self.upgrade_rest = b""
+        self.upgrading = False
+        self.feeding = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip = str(peer[0]).encode("ascii")
+        self.idle_since = monotonic()
+        self.core.opened(self)
+
+    def eof_received(self) -> bool | None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            if tunnel.half_closed:
+                return None  # the app had ended its side too: close both
+            tunnel.half_closed = True
+            tunnel.write_eof()
+            return True
+        # A client that closed its socket cannot be told from one that only half-closed.
+        # Like nginx, take both as gone: closing abandons any request still owed a
+        # response (connection_lost), which aborts its upstream request and frees its slot.
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.closed or self.upgrading:
+            if self.upgrading:
+                self.upgrade_rest += data
+            return
+        self.feeding = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgrading = True
+            self.upgrade_rest = data[exc.args[0] :]
+            return
+        except (HeaderTooLargeError, httptools.HttpParserError) as exc:
+            self._protocol_error(*http1.input_refusal(exc))
+            return
+        finally:
+            self.feeding = False
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.core.settings.max_header_size:
+                self._protocol_error(431, "header_too_large")
+                return
+        ex = self.current
+        if ex is not None and ex.rejected and not ex.body_done and not ex.finished:
+            # The body of a refused request is still arriving: answer now and close
+            # rather than read an upload nobody will use.
+            ex.keep_alive = False
+            self._send_rejection(ex)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.parsing = self._new_exchange()
+        self.in_head = True
+        self.head_bytes = 0
+        was_idle = self.current is None and not self.pending
+        if self.requests_seen:
+            if was_idle:
+                self.stats.idle_gap.observe(monotonic() - self.idle_since)
+            self.stats.keepalive_reused += 1
+        self.requests_seen += 1
+        self.core.reading_head(self, was_idle)
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.add_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        core = self.core
+        self.in_head = False
+        core.head_read(self)
+        parser = self.parser
+        ex.method = parser.get_method()
+        ex.keep_alive = parser.should_keep_alive()
+        ex.http10 = parser.get_http_version() == "1.0"
+        ex.rewrite(self.peer_ip, core.settings.max_header_size)
+        if not ex.has_body:
+            ex.body_done = True
+        if self.current is None:
+            self._start(ex)
+        else:
+            self.pending.append(ex)
+            if len(self.pending) >= PIPELINE_LIMIT:
+                self.pause_reading(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        if ex.streaming:
+            upstream = ex.upstream
+            assert upstream is not None
+            upstream.write(frame_chunk(body) if ex.chunked else body)
+        elif not ex.rejected and not ex.finished:
+            ex.body_parts.append(body)
+            ex.body_buffered += len(body)
+            if ex.body_buffered > BODY_BUFFER_LIMIT:
+                self.pause_reading(PAUSE_BODY)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        self.parsing = None
+        ex.body_done = True
+        if ex.streaming and ex.chunked:
+            upstream = ex.upstream
+            assert upstream is not None
+            upstream.write(LAST_CHUNK)
+        if ex.rejected and ex is self.current and not ex.finished:
+            self._send_rejection(ex)
+        elif ex.finished and self.current is None and not self.pending and not self.closed:
+            # Answered before its request ended (a 503 sent from on_headers_complete, an
+            # early 502): the connection is idle only now.
+            self.idle_since = monotonic()
+            self.core.went_idle(self)
+
+    # -- flow control and closing ---------------------------------------------------------
+
+    def pause_reading(self, why: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= why
+
+    def resume_reading(self, why: int) -> None:
+        was = self.paused
+        self.paused &= ~why
+        if was and not self.paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def body_flowing(self) -> None:
+        """The buffered body went upstream; stream the rest."""
+        if self.paused & PAUSE_BODY:
+            self.resume_reading(PAUSE_BODY)
+
+    def _protocol_error(self, status: int, reason: str) -> None:
+        """Malformed input: answer in order (after earlier pipelined requests), then close."""
+        ex = self.parsing or self._new_exchange()
+        self.parsing = None
+        self.in_head = False
+        self.core.head_read(self)
+        ex.error = (status, reason)
+        ex.body_done = True
+        ex.finished = False
+        if self.current is None:
+            self._start(ex)
+        elif ex is not self.current:
+            self.pending.append(ex)
+            self.pause_reading(PAUSE_PIPELINE)
+        else:
+            # the current request itself went bad mid-body
+            self.stats.rejected[reason] += 1
+            self.abort(reason)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        assert self.transport is not None
+        self.transport.close()
+        self.core.closing(self)
+
+    def abort(self, reason: str) -> None:
+        self.close(reason)
+        assert self.transport is not None
+        self.transport.abort()
+
+    def timed_out_waiting_header(self) -> None:
+        """Slow client: 408 and close."""
+        self.parsing = None
+        self.in_head = False
+        self.stats.rejected["header_timeout"] += 1
+        if self.current is None and not self.pending and self.transport is not None:
+            self.transport.write(http1.REQUEST_TIMEOUT)
+        self.close("header_timeout")
+
+    # -- what the connection does with a request (proxying.FrontConnection) -----------------
+
+    def _new_exchange(self) -> Exchange:
+        """An exchange for the next request, answered through this connection."""
+        raise NotImplementedError
+
+    def _start(self, ex: Exchange) -> None:
+        """A complete head, its turn come: admit, queue or refuse it."""
+        raise NotImplementedError
+
+    def _send_rejection(self, ex: Exchange) -> None:
+        """Answer a refused request (503) once its body is no longer awaited."""
+        raise NotImplementedError
