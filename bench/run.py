@@ -1,7 +1,7 @@
 """Benchmarks of asgi-sidecar against its peers (nginx, plain uvicorn), one Markdown table each.
 
-Usage: ``python -m bench.run all|ceiling|app|embedded|overload|idle|operator|autotune``, from
-the repository root (``make bench``, ``make bench-<name>``).
+Usage: ``python -m bench.run all|ceiling|app|embedded|overload|idle|operator|autotune|keepalive``,
+from the repository root (``make bench``, ``make bench-<name>``).
 
 Every process (nginx with generated configs, uvicorn, the sidecar) is started
 here on free loopback ports, pinned with taskset, and stopped by PID when its
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import autotune, idle, nginx, operator_bench, overload, throughput, wrk
+from bench import autotune, idle, keepalive, nginx, operator_bench, overload, throughput, wrk
 from bench.report import Timing
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
@@ -36,6 +36,7 @@ SCENARIOS: dict[str, Scenario] = {
     "idle": idle.idle,
     "operator": operator_bench.operator,
     "autotune": autotune.autotune,
+    "keepalive": keepalive.keepalive,
 }
 
 

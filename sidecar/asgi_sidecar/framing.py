@@ -45,18 +45,29 @@ def parse_response_head(head: bytes) -> ResponseHead:
     """Parse an upstream response head (without the blank line that ends it)."""
     lines = head.split(b"\r\n")
     first = lines[0]
-    if len(first) < 12 or not first.startswith(b"HTTP/1.") or first[8:9] != b" ":
+    if (
+        len(first) < 12
+        or not first.startswith(b"HTTP/1.")
+        or first[7:8] not in (b"0", b"1")
+        or first[8:9] != b" "
+        or first[12:13] not in (b"", b" ")
+    ):
         raise ProtocolError(f"bad status line {first[:64]!r}")
-    try:
-        status = int(first[9:12])
-    except ValueError:
-        raise ProtocolError(f"bad status code in {first[:64]!r}") from None
+    code = first[9:12]
+    if not code.isdigit() or code[:1] == b"0":  # three digits, 100-999 (RFC 9112 4)
+        raise ProtocolError(f"bad status code in {first[:64]!r}")
+    # A lone CR or LF, or a NUL, would end a line for some client behind us: splitting.
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf or b"\x00" in head:
+        raise ProtocolError("bare CR, LF or NUL in response head")
+    status = int(code)
     http10 = first[7:8] == b"0"
     close = http10
     chunked = False
     upgrade = False
     content_length: int | None = None
     kept: list[bytes] = []
+    length_line = -1  # where Content-Length sits in ``kept``
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep or not name or name != name.strip():
@@ -85,9 +96,14 @@ def parse_response_head(head: bytes) -> ResponseHead:
             if length < 0 or (content_length is not None and content_length != length):
                 raise ProtocolError("bad or conflicting content-length")
             content_length = length
+            length_line = len(kept)
         kept.append(line + b"\r\n")
     if chunked:
+        # Transfer-Encoding wins; the Content-Length goes, or a hop that honours it would
+        # read the body differently (RFC 9112 6.3: an intermediary MUST remove it).
         content_length = None
+        if length_line >= 0:
+            kept = [k for k in kept if k[:15].lower() != b"content-length:"]
     return ResponseHead(
         status=status,
         status_line=b"HTTP/1.1" + first[8:],
@@ -114,6 +130,7 @@ _DATA: Final = 1
 _DATA_END: Final = 2
 _TRAILER: Final = 3
 _DONE: Final = 4
+_HEX: Final = b"0123456789abcdefABCDEF"
 
 
 class ChunkedScanner:
@@ -150,6 +167,9 @@ class ChunkedScanner:
                     self._remaining = 2
             elif state == _DATA_END:
                 take = min(self._remaining, end - pos)
+                expected = b"\r\n"[2 - self._remaining : 2 - self._remaining + take]
+                if data[pos : pos + take] != expected:
+                    raise ProtocolError("chunk data longer than its size")
                 pos += take
                 self._remaining -= take
                 if self._remaining == 0:
@@ -168,13 +188,11 @@ class ChunkedScanner:
                 self._line = b""
                 pos = newline + 1
                 if state == _SIZE:
-                    size_text = line.split(b";", 1)[0].strip()
-                    try:
-                        size = int(size_text, 16)
-                    except ValueError:
-                        raise ProtocolError(f"bad chunk size {size_text[:32]!r}") from None
-                    if size < 0:
-                        raise ProtocolError("negative chunk size")
+                    size_text = line.split(b";", 1)[0].rstrip(b" \t\r")
+                    # hex digits only: int() would also take "+1", "0x1", "1_0", " 1"
+                    if not size_text or size_text.strip(_HEX) or len(size_text) > 16:
+                        raise ProtocolError(f"bad chunk size {size_text[:32]!r}")
+                    size = int(size_text, 16)
                     if size == 0:
                         self._state = _TRAILER
                     else:

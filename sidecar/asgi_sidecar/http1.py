@@ -22,6 +22,7 @@ _SPECIAL: Final = HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"expect",
     b"content-length",
+    b"host",
 }
 # Named in Connection, these are still kept: dropping the framing or the Host would
 # desync the upstream.
@@ -39,8 +40,49 @@ class HeaderTooLargeError(Exception):
     """The request head is over max_header_size: 431 and close."""
 
 
-class BadTransferEncodingError(Exception):
-    """Transfer-Encoding whose final coding is not chunked: 400 and close (RFC 9112 6.3)."""
+class RequestRefusedError(Exception):
+    """A head that breaks an RFC 9112 rule: answered with ``status`` and closed, counted
+    under ``reason`` in asgi_requests_rejected_total."""
+
+    status = 400
+    reason = "bad_request"
+
+    def __init__(self, status: int | None = None, reason: str | None = None) -> None:
+        super().__init__(reason)
+        if status is not None:
+            self.status = status
+        if reason is not None:
+            self.reason = reason
+
+
+class BadTransferEncodingError(RequestRefusedError):
+    """Transfer-Encoding without chunked last, or chunked twice: 400 (RFC 9112 6.3)."""
+
+    reason = "smuggling"
+
+
+def upstream_authority(url: str) -> bytes:
+    """The authority of the upstream URL, the Host an HTTP/1.0 request without one gets."""
+    rest = url.partition("://")[2] or url
+    return rest.split("/", 1)[0].encode("ascii")
+
+
+def _split_absolute(url: bytes) -> tuple[bytes, bytes] | None:
+    """(authority, origin-form target) of an absolute-form target, None if it is not one."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return None
+    cut = len(rest)
+    for mark in (b"/", b"?"):
+        found = rest.find(mark)
+        if 0 <= found < cut:
+            cut = found
+    authority, path = rest[:cut], rest[cut:]
+    if not authority or b"@" in authority:  # no userinfo in http(s) URIs (RFC 9110 4.2.4)
+        raise RequestRefusedError(400, "bad_target")
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return authority, path
 
 
 # -- requests -------------------------------------------------------------------------------
@@ -64,10 +106,13 @@ class RequestHead:
     expect_continue = False
     chunked = False
     te_last = b""  # the final coding in Transfer-Encoding
+    te_all = b""  # every Transfer-Encoding value, joined
     has_body = False
     http10 = False
     keep_alive = True
     error: tuple[int, str] | None = None  # a refusal owed to this request
+    hosts = 0  # Host fields seen
+    te_bad = False  # a coding other than a single, final chunked
 
     def __init__(self) -> None:
         self.head: list[bytes] = []
@@ -82,9 +127,17 @@ class RequestHead:
         if lname == b"content-length":
             self.has_body = value.strip() not in (b"0", b"")
             self.head.append(name + b": " + value + b"\r\n")
+        elif lname == b"host":
+            self.hosts += 1
+            self.head.append(name + b": " + value + b"\r\n")
         elif lname == b"transfer-encoding":
-            self.chunked = self.has_body = True
+            # Only chunked is understood, once (RFC 9112 6.1); which refusal is owed
+            # (400 or 501) is decided once the whole field is known, in ``validate``.
+            if self.chunked or value.strip().lower() != b"chunked":
+                self.te_bad = True
+            self.te_all = self.te_all + b"," + value if self.te_all else value
             self.te_last = value.rsplit(b",", 1)[-1].strip().lower()
+            self.chunked = self.has_body = True
         elif lname == b"connection":
             self.conn_tokens.extend(t.strip().lower() for t in value.split(b","))
         elif lname == b"upgrade":
@@ -100,6 +153,44 @@ class RequestHead:
             else:
                 self.error = (417, "bad_request")
         # other hop-by-hop headers are dropped
+
+    def validate(self, version: str, upstream: str) -> None:
+        """Apply the RFC 9112 rules for a complete head; raise ``RequestRefusedError``.
+
+        ``version`` is httptools' ("1.1"); an HTTP/1.0 request without Host gets the
+        authority of the ``upstream`` URL, which h11-based servers would otherwise refuse.
+        """
+        if version[:2] != "1.":
+            raise RequestRefusedError(505, "bad_version")  # section 2.3: major version 1 only
+        if self.te_bad:
+            codings = [c.strip().lower() for c in self.te_all.split(b",")]
+            if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+                raise BadTransferEncodingError  # section 6.3: length undeterminable
+            raise RequestRefusedError(501, "unsupported_coding")  # section 6.1
+        url = self.url
+        if url[:1] != b"/":
+            self._check_target(url)
+        if self.hosts > 1 or (self.hosts == 0 and version != "1.0"):
+            raise RequestRefusedError(400, "bad_host")  # section 3.2
+        if self.hosts == 0:
+            self.head.append(b"host: " + upstream_authority(upstream) + b"\r\n")
+
+    def _check_target(self, url: bytes) -> None:
+        """Targets other than origin form (section 3.2)."""
+        if self.method == b"CONNECT":
+            raise RequestRefusedError(501, "connect")  # the sidecar tunnels nothing
+        if url == b"*":
+            if self.method != b"OPTIONS":
+                raise RequestRefusedError(400, "bad_target")
+            return
+        split = _split_absolute(url)
+        if split is None:
+            raise RequestRefusedError(400, "bad_target")
+        # Absolute form: the authority replaces Host (section 3.2.2), sent in origin form.
+        authority, self.url = split
+        self.head = [line for line in self.head if line[:5].lower() != b"host:"]
+        self.head.append(b"host: " + authority + b"\r\n")
+        self.hosts = 1
 
     def rewrite(self, peer_ip: bytes, max_header_size: int) -> None:
         """Build ``head_bytes`` once the head is complete (method and url set)."""
@@ -129,6 +220,9 @@ class RequestHead:
 def input_refusal(error: BaseException) -> tuple[int, str]:
     """Status and counted reason for a request head the parser refused."""
     cause = error.__context__  # httptools wraps an exception raised in a callback
+    for refused in (error, cause):
+        if isinstance(refused, RequestRefusedError):
+            return refused.status, refused.reason
     if isinstance(error, HeaderTooLargeError) or isinstance(cause, HeaderTooLargeError):
         return 431, "header_too_large"
     message = str(error)
@@ -137,7 +231,9 @@ def input_refusal(error: BaseException) -> tuple[int, str]:
         or "Content-Length" in message
         or "Transfer-Encoding" in message
     )
-    return 400, "smuggling" if smuggling else "bad_request"
+    if smuggling:
+        return 400, "smuggling"
+    return 400, "bad_chunk" if "chunk" in message else "bad_request"
 
 
 # -- responses from the upstream, rewritten for the client -----------------------------------

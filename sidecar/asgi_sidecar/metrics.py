@@ -116,7 +116,8 @@ class SidecarCollector(Collector):
             "asgi_requests_rejected",
             "Requests refused by the sidecar, by reason (503s: concurrency_limit, queue_full,"
             " queue_timeout, shutting_down; bad input: bad_request, smuggling,"
-            " header_too_large, header_timeout).",
+            " header_too_large, header_timeout, bad_host, bad_version, bad_target, connect,"
+            " unsupported_coding, bad_chunk).",
             "reason",
             dict(s.rejected),
         )

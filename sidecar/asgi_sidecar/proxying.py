@@ -118,6 +118,18 @@ class FrontConnection(RequestReader):
         )
         self._answer(ex, response)
 
+    def _refuse_current(self, ex: Exchange, status: int, reason: str) -> None:
+        if ex.response_started or ex.finished or ex.rejected:
+            self.abort(reason)  # the client already has (part of) another answer
+            return
+        self._abandon(ex)  # frees its slot and aborts the upstream request
+        ex.status = status
+        self.stats.requests[status] += 1
+        self.current = None
+        assert self.transport is not None
+        self.transport.write(http1.refusal(status))
+        self.close(reason)
+
     def _answer(self, ex: Exchange, response: bytes) -> None:
         """Send a response the sidecar made itself and finish the exchange."""
         assert self.transport is not None

@@ -159,6 +159,8 @@ class RequestReader(asyncio.Protocol):
         ex.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a trailer field: llhttp checked its syntax; trailers are not forwarded
         ex = self.parsing
         assert ex is not None
         ex.add_header(name, value)
@@ -172,7 +174,9 @@ class RequestReader(asyncio.Protocol):
         parser = self.parser
         ex.method = parser.get_method()
         ex.keep_alive = parser.should_keep_alive()
-        ex.http10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        ex.http10 = version == "1.0"
+        ex.validate(version, core.settings.upstream)
         ex.rewrite(self.peer_ip, core.settings.max_header_size)
         if not ex.has_body:
             ex.body_done = True
@@ -243,12 +247,13 @@ class RequestReader(asyncio.Protocol):
         if self.current is None:
             self._start(ex)
         elif ex is not self.current:
-            self.pending.append(ex)
+            if ex not in self.pending:  # its head may be complete, its body broken
+                self.pending.append(ex)
             self.pause_reading(PAUSE_PIPELINE)
         else:
-            # the current request itself went bad mid-body
+            # The current request went bad mid-body, perhaps after its head went upstream.
             self.stats.rejected[reason] += 1
-            self.abort(reason)
+            self._refuse_current(ex, status, reason)
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -285,4 +290,8 @@ class RequestReader(asyncio.Protocol):
 
     def _send_rejection(self, ex: Exchange) -> None:
         """Answer a refused request (503) once its body is no longer awaited."""
+        raise NotImplementedError
+
+    def _refuse_current(self, ex: Exchange, status: int, reason: str) -> None:
+        """The request being answered turned out malformed: abort it upstream and close."""
         raise NotImplementedError
