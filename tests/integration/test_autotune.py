@@ -9,41 +9,19 @@ sidecar's config file, as a mounted ConfigMap volume would.
 from __future__ import annotations
 
 import json
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 from tests.support.kube import QUICK, ConfigMapVolume, Operator, condition, eventually, get
+from tests.support.load import load
 from tests.support.processes import free_port, sidecar, upstream_app
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def load(url: str, clients: int, seconds: float) -> threading.Thread:
-    """Bounded load: ``clients`` threads, each sending requests for ``seconds``."""
-
-    def one() -> None:
-        deadline = time.monotonic() + seconds
-        with httpx.Client(timeout=10) as client:
-            while time.monotonic() < deadline:
-                try:
-                    client.get(url)
-                except httpx.HTTPError:
-                    time.sleep(0.01)
-
-    threads = [threading.Thread(target=one, daemon=True) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    runner = threading.Thread(target=lambda: [t.join() for t in threads], daemon=True)
-    runner.start()
-    return runner
 
 
 @pytest.fixture

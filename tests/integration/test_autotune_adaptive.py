@@ -10,38 +10,20 @@ ConfigMap into the sidecar's config file, as the kubelet would.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 from tests.support.kube import QUICK, ConfigMapVolume, Operator, condition, eventually, get
+from tests.support.load import load
 from tests.support.processes import sidecar, upstream_app
 
 pytestmark = pytest.mark.timeout(300)
 
 NAMESPACE = "autotune-adaptive"
-
-
-def load(url: str, clients: int, seconds: float) -> list[threading.Thread]:
-    def one() -> None:
-        deadline = time.monotonic() + seconds
-        with httpx.Client(timeout=10) as client:
-            while time.monotonic() < deadline:
-                try:
-                    client.get(url)
-                except httpx.HTTPError:
-                    time.sleep(0.01)
-
-    threads = [threading.Thread(target=one, daemon=True) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    return threads
 
 
 @pytest.fixture
@@ -98,7 +80,7 @@ def test_autotune_adaptive_runs_the_adaptive_limit_and_tunes_its_bounds(
         ):
             address_map.write_text(json.dumps({f"{ip}:9090": f"127.0.0.1:{sc.metrics_port}"}))
             assert sc.metric("asgi_adaptive_limit") >= 1  # present only with the adaptive limit
-            threads = load(sc.url + "/cpu?ms=3", clients=24, seconds=40)
+            runner = load(sc.url + "/cpu?ms=3", clients=24, seconds=40)
 
             def bounds_live() -> tuple[int, int] | None:
                 body = get(cluster, "asgiserver", "adaptive", NAMESPACE)
@@ -127,8 +109,7 @@ def test_autotune_adaptive_runs_the_adaptive_limit_and_tunes_its_bounds(
             assert data["adaptive"] is True
             assert data["limitConcurrency"] == 8  # only the starting value
             assert condition(body, "Tuned")["status"] == "True"
-            for thread in threads:
-                thread.join(timeout=60)
+            runner.join(timeout=60)
         log = running.log()
         assert "inconsistencies" not in log  # kopf's bookkeeping lives in annotations
         assert "Handler 'reconcile-owner-of-child' succeeded" not in log  # debug level only
