@@ -21,11 +21,22 @@ class StartError(RuntimeError):
     """A process exited early or did not become ready in time."""
 
 
+# Every port handed out by this process: the kernel may give a closed port out again, and a
+# port free here can be in use in a network namespace a test made (tests/support/netns.py),
+# so a port is never handed out twice.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody listens on right now, and not handed out before by this process."""
+    for _ in range(1000):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError(f"no fresh loopback port after 1000 tries ({len(_HANDED_OUT)} handed out)")
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:

@@ -85,5 +85,11 @@ def upstream_in(prefix: list[str]) -> Iterator[int]:
 
 
 def wait_ready_in(prefix: list[str], sc: Sidecar) -> None:
-    wait_for(lambda: ns_get(prefix, sc.metrics_port, "/healthz")[0] == 200, 15, "metrics port")
+    """Wait until the sidecar in the namespace serves; fail at once, with its log, if it exits."""
+
+    def healthy() -> bool:
+        assert sc.proc.poll() is None, f"the sidecar exited:\n{sc.log()}"
+        return ns_get(prefix, sc.metrics_port, "/healthz")[0] == 200
+
+    wait_for(healthy, 15, "metrics port")
     wait_for(lambda: ns_get(prefix, sc.port, "/echo")[0] == 200, 15, "sidecar in netns")
