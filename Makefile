@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := wrk nginx-light iproute2 util-linux prometheus
 
-.PHONY: test run run-node node-images lint typecheck unit integration node bench bench-% system-deps venv clean help crds cluster demo dashcheck helm chart-files
+.PHONY: test run run-node node-images lint typecheck unit integration node bench bench-% system-deps venv clean help crds podschema cluster demo dashcheck helm chart-files
 
 help:
 	@echo "make test   - install everything, lint, type-check, run all tests"
@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests and benchmarks use, installed only when missing; the last four
-# are the real node's (hack/node.py: containerd, runc, the CNI plugins) and debootstrap
-# for its images' base layer (hack/nodeimages.py).
+# Debian packages the tests and benchmarks use, installed only when missing: containerd,
+# runc, the CNI plugins and iptables are the real node's (hack/node.py, hack/kubeproxy.py),
+# debootstrap builds its images' base layer (hack/nodeimages.py), slowhttptest makes the
+# slow-client attacks, and cargo fetches the HTTP desync corpus (hack/desynccorpus.py).
 system-deps:
 	@missing=""; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
@@ -38,6 +39,9 @@ system-deps:
 	command -v runc >/dev/null || [ -x /usr/sbin/runc ] || missing="$$missing runc"; \
 	[ -x /usr/lib/cni/bridge ] || missing="$$missing containernetworking-plugins"; \
 	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing="$$missing iptables"; \
+	command -v slowhttptest >/dev/null || missing="$$missing slowhttptest"; \
+	command -v cargo >/dev/null || missing="$$missing cargo"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
@@ -68,6 +72,13 @@ test: $(STAMP) system-deps cluster helm dashcheck lint typecheck
 crds: $(STAMP)
 	$(PY) -m asgi_operator.crdgen > crds/asgiservers.asgi.dev.yaml
 	$(MAKE) chart-files
+
+# spec.podTemplate's schema and merge keys, from the OpenAPI the local control plane serves
+# (hack/podschema.py); then the CRD. tests/integration/test_pod_template.py checks it
+# against the running API server.
+podschema: $(STAMP) cluster
+	$(PY) -m hack.podschema
+	$(MAKE) crds
 
 # The Helm chart's generated copies (tests/unit/test_chart.py fails on drift): the CRDs, and
 # the Grafana dashboard (a placeholder until dashboards/asgi-server.json exists), the alerts.

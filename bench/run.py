@@ -1,11 +1,13 @@
 """Benchmarks of asgi-sidecar against its peers (nginx, plain uvicorn), one Markdown table each.
 
-Usage: ``python -m bench.run all|ceiling|app|embedded|overload|idle|operator|autotune|keepalive``,
-from the repository root (``make bench``, ``make bench-<name>``).
+Usage: ``python -m bench.run all|<scenario>``, a scenario being a key of ``SCENARIOS`` (ceiling,
+app, embedded, overload, idle, operator, autotune, keepalive, slow), from the repository root
+(``make bench``, ``make bench-<name>``).
 
 Every process (nginx with generated configs, uvicorn, the sidecar) is started
 here on free loopback ports, pinned with taskset, and stopped by PID when its
-scenario ends, however it ends.  wrk is the load generator.  Tables are printed
+scenario ends, however it ends.  wrk is the load generator (slowhttptest makes the
+slow-client attacks).  Tables are printed
 and also written to bench/results/latest.md.  BENCH_SECONDS and BENCH_ROUNDS
 shorten the runs for a quick check.
 """
@@ -22,7 +24,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import autotune, idle, keepalive, nginx, operator_bench, overload, throughput, wrk
+from bench import (
+    autotune,
+    idle,
+    keepalive,
+    nginx,
+    operator_bench,
+    overload,
+    slow,
+    throughput,
+    wrk,
+)
 from bench.report import Timing
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
@@ -37,6 +49,7 @@ SCENARIOS: dict[str, Scenario] = {
     "operator": operator_bench.operator,
     "autotune": autotune.autotune,
     "keepalive": keepalive.keepalive,
+    "slow": slow.slow,
 }
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build a local Kubernetes control plane from the Go module proxy into .cache/bin/.
-# kube-apiserver, kube-controller-manager, kube-scheduler (and kubelet, kubectl) of
+# kube-apiserver, kube-controller-manager, kube-scheduler (and kubelet, kube-proxy, kubectl) of
 # Kubernetes $K8S_VERSION, etcd $ETCD_VERSION and kwok $KWOK_VERSION.  Reused when present.
 #
 # `go install k8s.io/kubernetes/cmd/...@v1.33.x` is refused because that module's go.mod
@@ -26,7 +26,7 @@ export GOFLAGS="-mod=mod"
 # Go's own module and build caches (under $HOME) are shared by every clone on this
 # machine, so a fresh clone relinks in a minute or two instead of compiling for half an hour.
 
-K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 build_kubernetes() {
   local missing=()

@@ -157,6 +157,23 @@ class LocalCluster:
         self.processes.stop()
         atexit.unregister(self.stop)
 
+    def install_crds(self, path: Path, timeout: float = TIMEOUT) -> None:
+        """Apply the CRDs in ``path`` (server-side: the AsgiServer CRD is too large for the
+        last-applied annotation) and wait until each is Established.
+
+        A large CRD's status is written a moment after the apply, and ``kubectl wait``
+        fails at once while it has no conditions, so this polls them instead.
+        """
+        names = self.kubectl("apply", "--server-side", "-f", str(path), "-o", "name").stdout
+        for name in names.split():
+
+            def established(name: str = name) -> bool:
+                body = self.get_json(name)
+                conditions = body.get("status", {}).get("conditions") or []
+                return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+            self._wait(f"{name} Established", established, timeout)
+
     def wait_for_default_service_account(
         self, namespace: str = "default", timeout: float = TIMEOUT
     ) -> None:

@@ -1,5 +1,5 @@
-"""A real node on this machine: containerd, runc, a CNI bridge and the kubelet, joined to a
-``LocalCluster``.  Pods run for real, with images built by ``hack/nodeimages.py``.
+"""A real node on this machine: containerd, runc, a CNI bridge, the kubelet and kube-proxy,
+joined to a ``LocalCluster``.  Pods run for real, with images built by ``hack/nodeimages.py``.
 
     with LocalCluster(work, fake_node=False) as cluster, LocalNode(cluster, work / "node"):
         ...
@@ -8,11 +8,13 @@ Everything belongs to this object and goes when it stops: containerd (its own co
 root, state and socket; the machine's containerd, if any, is not touched), the kubelet
 (its own root directory and cgroup root), the Linux bridge ``bridge`` with the private
 subnet ``subnet`` (host-local IPAM; its gateway address is also the node's IP, so the
-host reaches Pod IPs directly and the API server reaches the kubelet), and every Pod
-and mount they made.  No iptables rules, no kube-proxy: Pods are reached by their IPs.
+host reaches Pod IPs directly and the API server reaches the kubelet), kube-proxy in
+iptables mode (``hack/kubeproxy.py``: Services' ClusterIPs route from this host to their
+Pods; its rules go when it stops), and every Pod and mount they made.
 
-Needs root, a writable cgroup hierarchy, containerd, runc and the CNI plugins
-(``missing_requirements()`` says what is missing).
+Needs root, a writable cgroup hierarchy, containerd, runc, iptables and the CNI plugins
+(``missing_requirements()`` says what is missing).  One real node per machine at a time:
+kube-proxy owns the machine's ``KUBE-*`` iptables chains.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from hack.controlplane import ClusterError, LocalCluster, child_env, find_binary
+from hack import kubeproxy
+from hack.controlplane import SERVICE_CIDR, ClusterError, LocalCluster, child_env, find_binary
+from hack.kubeproxy import KubeProxy
 from hack.nodeconfig import (
     ALLOWED_SYSCTLS,
     CGROUP_V1,
@@ -74,6 +78,11 @@ class LocalNode:
         self.cgroup_root = f"/asgi-{bridge}"  # the kubelet's; it must exist in every hierarchy
         self.timings: dict[str, float] = {}
         self._netns_before = _cni_netns()
+        self.proxy = KubeProxy(
+            self.processes, self.work_dir, self.work_dir / "kube-proxy.kubeconfig",
+            name=name, node_ip=self.node_ip, cluster_cidr=str(self.subnet),
+            service_cidr=SERVICE_CIDR, bridge=bridge,
+        )  # fmt: skip
 
     def __enter__(self) -> LocalNode:
         self.start()
@@ -124,14 +133,17 @@ class LocalNode:
             if self.processes.exited() is None and self.processes.running("kubelet"):
                 self._drain_pods(timeout=60)
         self.processes.stop_one("kubelet")
-        if self.processes.running("containerd"):
-            self._kill_containers()
-        self.processes.stop()
-        self._remove_cgroup_root()
-        self._unmount_under(self.work_dir)
-        self._unmount_under(self.state)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
-        shutil.rmtree(self.state, ignore_errors=True)
+        try:
+            self.proxy.stop()  # raises if its rules could not all be removed: after the rest
+        finally:
+            if self.processes.running("containerd"):
+                self._kill_containers()
+            self.processes.stop()
+            self._remove_cgroup_root()
+            self._unmount_under(self.work_dir)
+            self._unmount_under(self.state)
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+            shutil.rmtree(self.state, ignore_errors=True)
 
     # -- start-up ------------------------------------------------------------------------
     def _start(self) -> None:
@@ -162,6 +174,9 @@ class LocalNode:
         self._make_credentials()
         self._make_cgroup_root()
         self._start_kubelet()
+        t0 = time.monotonic()
+        self.proxy.start()
+        self.timings["kube_proxy_seconds"] = time.monotonic() - t0
 
     def _make_bridge(self) -> None:
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
@@ -203,12 +218,14 @@ class LocalNode:
         return self.socket.exists() and self.ctr("version", check=False).returncode == 0
 
     def _make_credentials(self) -> None:
-        """The node's identity (group system:nodes) from the cluster's CA."""
+        """The kubelet's identity (group system:nodes) and kube-proxy's from the cluster's CA."""
         user = f"node-{self.name}"
         self.cluster.issue_cert(
             user, f"/O=system:nodes/CN=system:node:{self.name}", "clientAuth", None
         )
         self.cluster.write_kubeconfig(self.work_dir / "kubelet.kubeconfig", user)
+        self.cluster.issue_cert("kube-proxy", f"/CN={kubeproxy.USER}", "clientAuth", None)
+        self.cluster.write_kubeconfig(self.proxy.kubeconfig, "kube-proxy")
 
     def _start_kubelet(self) -> None:
         t0 = time.monotonic()

@@ -1,5 +1,6 @@
 """The real node's configuration, as pure functions: what it needs of this machine, and the
-CNI, containerd and kubelet configurations ``hack.node.LocalNode`` writes.
+CNI, containerd and kubelet configurations ``hack.node.LocalNode`` writes (kube-proxy's is
+``hack.kubeproxy.kube_proxy_config``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ CGROUP_V1 = Path("/sys/fs/cgroup")
 ALLOWED_SYSCTLS = ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog")
 TIMEOUT = 120.0
 # Debian packages providing what the node runs (installed by `make system-deps`).
-PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd"}
+PACKAGES = {
+    "containerd": "containerd",
+    "runc": "runc",
+    "ctr": "containerd",
+    "iptables": "iptables",
+    "iptables-save": "iptables",
+    "ip6tables-save": "iptables",
+}
 
 
 def missing_requirements() -> list[str]:
@@ -25,7 +33,7 @@ def missing_requirements() -> list[str]:
     missing = []
     if os.geteuid() != 0:
         missing.append("root (the kubelet and containerd run as root)")
-    for tool in ("containerd", "ctr", "runc", "ip"):
+    for tool in ("containerd", "ctr", "runc", "ip", "iptables", "iptables-save", "ip6tables-save"):
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
             missing.append(f"{tool} on PATH")
     if not (CNI_BIN_DIR / "bridge").exists():
@@ -34,8 +42,9 @@ def missing_requirements() -> list[str]:
         "/sys/fs/cgroup/cgroup.procs", os.W_OK
     ):
         missing.append("a writable cgroup hierarchy under /sys/fs/cgroup")
-    if not find_binary("kubelet").is_file():
-        missing.append("kubelet in .cache/bin (make cluster)")
+    for binary in ("kubelet", "kube-proxy"):
+        if not find_binary(binary).is_file():
+            missing.append(f"{binary} in .cache/bin (make cluster)")
     return missing
 
 
@@ -103,7 +112,8 @@ def kubelet_config(
     allowed_unsafe_sysctls: Sequence[str],
 ) -> dict[str, object]:
     """KubeletConfiguration for this machine: cgroupfs on cgroup v1, swap allowed, disk
-    pressure and image GC out of the way, no iptables; the rest are the defaults a
+    pressure and image GC out of the way, no iptables chains of its own (kube-proxy makes
+    the Services' rules); the rest are the defaults a
     production kubelet has (sync period, ConfigMap propagation, probes)."""
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",

@@ -42,10 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if images is not None:
             node = stack.enter_context(LocalNode(cluster, work / "node", images))
             print(f"node {node.name} Ready after {time.monotonic() - started:.1f}s", flush=True)
-        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "crd/asgiservers.asgi.dev", "--timeout=60s"
-        )
+        cluster.install_crds(ROOT / "crds")
         cluster.wait_for_default_service_account()
         cluster.kubectl("apply", "-f", str(sample))
         kubectl = ROOT / ".cache" / "bin" / "kubectl"

@@ -25,15 +25,7 @@ from pydantic import ValidationError
 
 from asgi_operator.building import SELECTOR_LABEL, current_somaxconn
 from asgi_operator.kube import Kube, timestamp
-from asgi_operator.models import (
-    AsgiServerSpec,
-    AsgiServerStatus,
-    SysctlMode,
-    TunedSettings,
-    Tuning,
-    TuningDecision,
-    TuningInputs,
-)
+from asgi_operator.models import AsgiServerSpec, SysctlMode
 from asgi_operator.observations import LIMIT, setting_alias
 from asgi_operator.observing import Snapshot, observe
 from asgi_operator.scraping import (
@@ -43,6 +35,13 @@ from asgi_operator.scraping import (
     scrape_pods,
 )
 from asgi_operator.statusing import Tuned, Verdict
+from asgi_operator.statusmodels import (
+    AsgiServerStatus,
+    TunedSettings,
+    Tuning,
+    TuningDecision,
+    TuningInputs,
+)
 from asgi_operator.tuning import WINDOW, Bounds, Change, Current, Decision, Observation, decide
 
 log = logging.getLogger("asgi_operator.autotune")

@@ -8,34 +8,21 @@ new Pods (image, sysctls, ports), so a limits-only change never restarts them.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from asgi_operator.models import (
-    GROUP,
-    KIND,
-    VERSION,
-    AsgiServerSpec,
-    Mode,
-    SysctlMode,
-    TunedSettings,
-)
+from asgi_operator.models import GROUP, KIND, VERSION, AsgiServerSpec, SysctlMode
+from asgi_operator.pods import CONFIG_FILE, SOMAXCONN, PodOptions, build_pod_template
+from asgi_operator.statusmodels import TunedSettings
 from asgi_sidecar.configuring import dump_settings
 from asgi_sidecar.settings import SidecarLimits, SidecarSettings
 
 Manifest = dict[str, Any]
 
-CONFIG_DIR = "/etc/asgi-sidecar"
-CONFIG_FILE = "sidecar.json"
 SELECTOR_LABEL = "asgi.dev/server"
 MANAGED_BY = "asgi-operator"
-SIDECAR_USER = 65532
-# Seconds the Pod keeps serving after it is marked for deletion, before SIGTERM,
-# so endpoints and balancers stop sending it new connections first.
-DEFAULT_DRAIN_SECONDS = 3
-TERMINATION_MARGIN_SECONDS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +38,8 @@ class BuildOptions:
     native_sidecars: bool = True
     # somaxconn the current Pods run with; a backlog at or below it applies live.
     current_somaxconn: int | None = None
+    # replicas of the live Deployment (an autoscaler's, when spec.replicas is unset).
+    current_replicas: int | None = None
 
 
 def labels(owner: Owner) -> dict[str, str]:
@@ -61,6 +50,11 @@ def labels(owner: Owner) -> dict[str, str]:
         "app.kubernetes.io/managed-by": MANAGED_BY,
         SELECTOR_LABEL: owner.name,
     }
+
+
+def selector(owner: Owner) -> str:
+    """The Pods' label selector, as the scale subresource and kubectl spell it."""
+    return f"{SELECTOR_LABEL}={owner.name}"
 
 
 def owner_reference(owner: Owner) -> dict[str, Any]:
@@ -120,14 +114,15 @@ def somaxconn_for(spec: AsgiServerSpec, current: int | None) -> int | None:
     return backlog
 
 
-def drain_seconds(spec: AsgiServerSpec) -> int:
-    """preStop sleep: the spec's shutdown_delay, or a default that covers endpoint updates."""
-    if spec.server.shutdown_delay:
-        return max(1, math.ceil(spec.server.shutdown_delay))
-    return DEFAULT_DRAIN_SECONDS
+def drain_token(owner: Owner) -> str:
+    """The token the app container's preStop hook sends to GET /drain (from the uid).
+
+    Not a secret from whoever may read the Pods (the hook carries it); it keeps those who
+    can only reach the metrics port from draining a Pod."""
+    return hashlib.sha256(f"asgi.dev/drain:{owner.uid}".encode()).hexdigest()[:32]
 
 
-def sidecar_settings(spec: AsgiServerSpec) -> SidecarSettings:
+def sidecar_settings(spec: AsgiServerSpec, token: str | None = None) -> SidecarSettings:
     """The sidecar's complete settings: the spec's limits plus the Pod's addresses."""
     limits = spec.server.model_dump()
     limits["timeout_keep_alive"] = spec.effective_keep_alive()
@@ -141,7 +136,33 @@ def sidecar_settings(spec: AsgiServerSpec) -> SidecarSettings:
         port=spec.port,
         metrics_host="0.0.0.0",
         metrics_port=spec.metrics_port,
+        drain_token=token,
     )
+
+
+CONFIG_HASH_ANNOTATION = "asgi.dev/config-hash"
+
+
+def config_hash(config_map: Manifest) -> str:
+    """A short digest of the sidecar's settings file in a ConfigMap."""
+    text = str(config_map.get("data", {}).get(CONFIG_FILE, ""))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def pods_to_nudge(pods: list[Manifest], digest: str) -> list[str]:
+    """Running Pods whose ``asgi.dev/config-hash`` is not ``digest``.
+
+    Any update of a Pod makes its kubelet sync it at once, which refreshes its mounted
+    ConfigMaps; otherwise a changed ConfigMap reaches a running Pod only on the kubelet's
+    periodic sync (about a minute).  Pods that are not running yet mount the new one.
+    """
+    return [
+        pod["metadata"]["name"]
+        for pod in pods
+        if pod.get("status", {}).get("phase") == "Running"
+        and not pod["metadata"].get("deletionTimestamp")
+        and (pod["metadata"].get("annotations") or {}).get(CONFIG_HASH_ANNOTATION) != digest
+    ]
 
 
 def build_config_map(owner: Owner, spec: AsgiServerSpec) -> Manifest:
@@ -149,7 +170,7 @@ def build_config_map(owner: Owner, spec: AsgiServerSpec) -> Manifest:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(owner, config_map_name(owner)),
-        "data": {CONFIG_FILE: dump_settings(sidecar_settings(spec))},
+        "data": {CONFIG_FILE: dump_settings(sidecar_settings(spec, drain_token(owner)))},
     }
 
 
@@ -173,148 +194,27 @@ def build_service(owner: Owner, spec: AsgiServerSpec) -> Manifest:
     }
 
 
-def _probes(spec: AsgiServerSpec) -> dict[str, Any]:
-    return {
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "metrics"},
-            "periodSeconds": 2,
-            "failureThreshold": 2,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
-        "startupProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
-            "periodSeconds": 1,
-            "failureThreshold": 60,
-        },
-    }
-
-
-def _ports(spec: AsgiServerSpec) -> list[dict[str, Any]]:
-    return [
-        {"name": "http", "containerPort": spec.port, "protocol": "TCP"},
-        {"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"},
-    ]
-
-
-_CONFIG_MOUNT = {"name": "asgi-sidecar-config", "mountPath": CONFIG_DIR, "readOnly": True}
-_CONFIG_ARGS = ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
-
-_RESTRICTED = {
-    "runAsNonRoot": True,
-    "runAsUser": SIDECAR_USER,
-    "runAsGroup": SIDECAR_USER,
-    "readOnlyRootFilesystem": True,
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-
-
-def _sleep(seconds: int) -> dict[str, Any]:
-    return {"preStop": {"sleep": {"seconds": seconds}}}
-
-
-def _sidecar_container(spec: AsgiServerSpec, image: str, native: bool) -> dict[str, Any]:
-    container: dict[str, Any] = {
-        "name": "asgi-sidecar",
-        "image": image,
-        "args": ["proxy", *_CONFIG_ARGS],
-        "ports": _ports(spec),
-        **_probes(spec),
-        "lifecycle": _sleep(drain_seconds(spec)),
-        "volumeMounts": [_CONFIG_MOUNT],
-        "securityContext": _RESTRICTED,
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
-    }
-    if native:
-        container["restartPolicy"] = "Always"
-    return container
-
-
-def _app_container(spec: AsgiServerSpec) -> dict[str, Any]:
-    container: dict[str, Any] = {"name": "app", "image": spec.image}
-    if spec.mode == Mode.embedded:
-        container["command"] = ["asgi-sidecar", "serve", spec.app or "", *_CONFIG_ARGS]
-        container["ports"] = _ports(spec)
-        container.update(_probes(spec))
-        container["volumeMounts"] = [_CONFIG_MOUNT]
-    else:
-        if spec.command:
-            container["command"] = list(spec.command)
-        container["ports"] = [{"name": "app", "containerPort": spec.app_port, "protocol": "TCP"}]
-    # The app keeps serving while the Pod drains; it gets SIGTERM after this sleep.
-    container["lifecycle"] = _sleep(drain_seconds(spec))
-    if spec.env:
-        container["env"] = [dict(e) for e in spec.env]
-    if spec.resources:
-        container["resources"] = dict(spec.resources)
-    return container
-
-
-def _sysctl_list(spec: AsgiServerSpec, somaxconn: int) -> list[tuple[str, int]]:
-    values = [("net.core.somaxconn", somaxconn)]
-    if spec.sysctls.tcp_max_syn_backlog is not None:
-        values.append(("net.ipv4.tcp_max_syn_backlog", spec.sysctls.tcp_max_syn_backlog))
-    return values
+def desired_replicas(spec: AsgiServerSpec, options: BuildOptions) -> int | None:
+    """Pods wanted: spec.replicas, else what the live Deployment has (an autoscaler's)."""
+    return spec.replicas if spec.replicas is not None else options.current_replicas
 
 
 def build_deployment(owner: Owner, spec: AsgiServerSpec, options: BuildOptions) -> Manifest:
-    sidecar_image = spec.sidecar_image or options.sidecar_image
-    somaxconn = somaxconn_for(spec, options.current_somaxconn)
-    pod_spec: dict[str, Any] = {
-        "containers": [_app_container(spec)],
-        "volumes": [{"name": "asgi-sidecar-config", "configMap": {"name": config_map_name(owner)}}],
-        "terminationGracePeriodSeconds": (
-            drain_seconds(spec)
-            + math.ceil(spec.server.timeout_graceful_shutdown)
-            + TERMINATION_MARGIN_SECONDS
-        ),
-    }
-    init_containers: list[dict[str, Any]] = []
-    if somaxconn is not None and spec.sysctls.mode == SysctlMode.security_context:
-        pod_spec["securityContext"] = {
-            "sysctls": [{"name": n, "value": str(v)} for n, v in _sysctl_list(spec, somaxconn)]
-        }
-    elif somaxconn is not None and spec.sysctls.mode == SysctlMode.init_container:
-        init_containers.append(
-            {
-                "name": "sysctls",
-                "image": sidecar_image,
-                "args": ["sysctl", *(f"{n}={v}" for n, v in _sysctl_list(spec, somaxconn))],
-                "securityContext": {"privileged": True, "runAsUser": 0, "runAsNonRoot": False},
-            }
-        )
-    if spec.mode == Mode.sidecar:
-        sidecar = _sidecar_container(spec, sidecar_image, options.native_sidecars)
-        if options.native_sidecars:
-            init_containers.append(sidecar)
-        else:
-            pod_spec["containers"].insert(0, sidecar)
-    if init_containers:
-        pod_spec["initContainers"] = init_containers
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
-    template_metadata: dict[str, Any] = {"labels": labels(owner)}
-    annotations = dict(spec.pod_annotations)
-    annotations.update(
-        {
-            "prometheus.io/scrape": "true",
-            "prometheus.io/port": str(spec.metrics_port),
-            "prometheus.io/path": "/metrics",
-        }
+    """The Deployment; ``TemplateConflictError`` if spec.podTemplate sets an owned field."""
+    pod_options = PodOptions(
+        sidecar_image=spec.sidecar_image or options.sidecar_image,
+        native_sidecars=options.native_sidecars,
+        somaxconn=somaxconn_for(spec, options.current_somaxconn),
+        drain_token=drain_token(owner),
     )
-    template_metadata["annotations"] = annotations
+    template = build_pod_template(spec, labels(owner), config_map_name(owner), pod_options)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": {SELECTOR_LABEL: owner.name}},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
-        "template": {"metadata": template_metadata, "spec": pod_spec},
+        "template": template,
     }
+    # Unset, the replica count is left to whoever scales the Deployment's owner (an HPA
+    # through the scale subresource writes spec.replicas, so it is set again).
     if spec.replicas is not None:
         deployment_spec["replicas"] = spec.replicas
     return {
@@ -325,27 +225,56 @@ def build_deployment(owner: Owner, spec: AsgiServerSpec, options: BuildOptions) 
     }
 
 
+def build_disruption_budget(
+    owner: Owner, spec: AsgiServerSpec, options: BuildOptions
+) -> Manifest | None:
+    """The PodDisruptionBudget, or None when there should be none."""
+    budget = spec.disruption_budget
+    enabled = budget.enabled
+    if enabled is None:
+        wanted = desired_replicas(spec, options)
+        enabled = wanted is not None and wanted > 1
+    if not enabled:
+        return None
+    pdb_spec: dict[str, Any] = {"selector": {"matchLabels": {SELECTOR_LABEL: owner.name}}}
+    if budget.min_available is not None:
+        pdb_spec["minAvailable"] = budget.min_available
+    else:
+        pdb_spec["maxUnavailable"] = 1 if budget.max_unavailable is None else budget.max_unavailable
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, owner.name),
+        "spec": pdb_spec,
+    }
+
+
 def current_somaxconn(deployment: Manifest | None) -> int | None:
     """The somaxconn a live Deployment's pod template sets, whichever the mode."""
     if not deployment:
         return None
     pod = deployment.get("spec", {}).get("template", {}).get("spec", {})
     for sysctl in pod.get("securityContext", {}).get("sysctls", []) or []:
-        if sysctl.get("name") == "net.core.somaxconn":
+        if sysctl.get("name") == SOMAXCONN:
             return int(sysctl["value"])
     for init in pod.get("initContainers", []) or []:
         for arg in init.get("args", []) or []:
-            if isinstance(arg, str) and arg.startswith("net.core.somaxconn="):
+            if isinstance(arg, str) and arg.startswith(SOMAXCONN + "="):
                 return int(arg.split("=", 1)[1])
     return None
 
 
 def build_children(owner: Owner, spec: AsgiServerSpec, options: BuildOptions) -> list[Manifest]:
-    return [
+    """Every child, in apply order; ``TemplateConflictError`` refuses the whole set."""
+    children = [
         build_config_map(owner, spec),
         build_service(owner, spec),
         build_deployment(owner, spec, options),
     ]
+    budget = build_disruption_budget(owner, spec, options)
+    if budget is not None:
+        children.append(budget)
+    return children
 
 
 def canonical(manifest: Manifest) -> str:

@@ -19,16 +19,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from asgi_operator.models import (
-    GROUP,
-    KIND,
-    PLURAL,
-    SHORT_NAMES,
-    SINGULAR,
-    VERSION,
-    AsgiServerSpec,
-    AsgiServerStatus,
-)
+from asgi_operator import podschema
+from asgi_operator.models import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, AsgiServerSpec
+from asgi_operator.statusmodels import AsgiServerStatus
 
 JsonSchema = dict[str, Any]
 
@@ -61,7 +54,13 @@ def _structural(node: Any, defaults: bool = True) -> Any:
     any_of = node.get("anyOf")
     if isinstance(any_of, list):
         options = [o for o in any_of if o.get("type") != "null"]
-        if len(options) == 1 and len(options) < len(any_of):
+        if sorted(o.get("type") for o in options) == ["integer", "string"]:
+            # int | str: Kubernetes' IntOrString (a number, or a percentage).
+            rest = {k: v for k, v in node.items() if k != "anyOf"}
+            node = {**rest, "x-kubernetes-int-or-string": True}
+            if len(options) < len(any_of):
+                node["nullable"] = True
+        elif len(options) == 1 and len(options) < len(any_of):
             rest = {k: v for k, v in node.items() if k != "anyOf"}
             node = {**options[0], **rest, "nullable": True}
     for key, flag in (("exclusiveMinimum", "exclusiveMinimum"), ("exclusiveMaximum", "")):
@@ -105,7 +104,14 @@ def _schema(model: type[BaseModel], defaults: bool) -> JsonSchema:
 
 
 def spec_schema() -> JsonSchema:
-    return _schema(AsgiServerSpec, defaults=True)
+    """The spec's schema, with Kubernetes' own PodTemplateSpec as ``podTemplate``."""
+    schema = _schema(AsgiServerSpec, defaults=True)
+    field = schema["properties"]["podTemplate"]
+    schema["properties"]["podTemplate"] = {
+        **podschema.load()["schema"],
+        "description": field["description"],
+    }
+    return schema
 
 
 def status_schema() -> JsonSchema:
@@ -115,13 +121,16 @@ def status_schema() -> JsonSchema:
 
 
 def check_descriptions(schema: JsonSchema, path: str = "spec") -> list[str]:
-    """Fields without a description (kubectl explain would show nothing)."""
+    """Fields without a description (kubectl explain would show nothing).
+
+    ``spec.podTemplate`` is Kubernetes' schema, with Kubernetes' descriptions: not ours."""
     missing = []
     for name, prop in schema.get("properties", {}).items():
         where = f"{path}.{name}"
         if not prop.get("description"):
             missing.append(where)
-        missing += check_descriptions(prop, where)
+        if where != "spec.podTemplate":
+            missing += check_descriptions(prop, where)
         if isinstance(prop.get("items"), dict):
             missing += check_descriptions(prop["items"], where + "[]")
     return missing
@@ -162,7 +171,15 @@ def crd() -> dict[str, Any]:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {
+                        "status": {},
+                        # kubectl scale, an HPA and KEDA scale an AsgiServer like a Deployment.
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
                     "additionalPrinterColumns": columns,
                     "schema": {
                         "openAPIV3Schema": {

@@ -26,9 +26,10 @@ from asgi_operator.autotuning import Autotuner, TuningMetrics
 from asgi_operator.building import MANAGED_BY, SELECTOR_LABEL, BuildOptions
 from asgi_operator.config import NativeSidecars, OperatorSettings
 from asgi_operator.kube import Kube
-from asgi_operator.models import GROUP, PLURAL, VERSION, AsgiServerStatus
+from asgi_operator.models import GROUP, PLURAL, VERSION
 from asgi_operator.reconciling import reconcile, status_changed
 from asgi_operator.statusing import changes
+from asgi_operator.statusmodels import AsgiServerStatus
 
 log = logging.getLogger("asgi_operator")
 

@@ -38,6 +38,7 @@ class Kube:
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
+        self.policy = client.PolicyV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.version = client.VersionApi(api_client)
 
@@ -58,9 +59,23 @@ class Kube:
             call = self.core.patch_namespaced_service
         elif kind == "ConfigMap":
             call = self.core.patch_namespaced_config_map
+        elif kind == "PodDisruptionBudget":
+            call = self.policy.patch_namespaced_pod_disruption_budget
         else:  # pragma: no cover - builders make only these kinds
             raise ValueError(f"cannot apply {kind}")
         return _json(call(name, namespace, manifest, **common))
+
+    def delete_disruption_budget(self, namespace: str, name: str) -> bool:
+        """Delete the PodDisruptionBudget; False if there was none."""
+        try:
+            self.policy.delete_namespaced_pod_disruption_budget(
+                name, namespace, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def get_deployment(self, namespace: str, name: str) -> Manifest | None:
         try:
@@ -78,6 +93,15 @@ class Kube:
         )
         items: list[Manifest] = _json(response).get("items", [])
         return items
+
+    def annotate_pod(self, namespace: str, name: str, key: str, value: str) -> None:
+        """Set one annotation on a Pod (a merge patch); a Pod gone meanwhile is no error."""
+        body = {"metadata": {"annotations": {key: value}}}
+        try:
+            self.core.patch_namespaced_pod(name, namespace, body, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         try:

@@ -3,17 +3,16 @@
 These models are the single source of truth: ``make crds`` generates the CRD's
 structural schema from them (see ``crdgen.py``), and the operator validates
 every object it reconciles with them.  The sidecar's ``SidecarLimits`` is
-embedded as ``spec.server``, so a setting is described once, in the sidecar;
-``status.tuning.current`` is a partial of the same model, with the same names.
-``AsgiServerStatus`` is the only way the operator writes a status.
+embedded as ``spec.server``, so a setting is described once, in the sidecar.  The
+status is ``statusmodels.py``'s.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from asgi_sidecar.settings import SidecarLimits
@@ -26,7 +25,7 @@ SINGULAR = "asgiserver"
 SHORT_NAMES = ["asgi"]
 
 
-class _Model(BaseModel):
+class ApiModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
@@ -65,7 +64,7 @@ class SysctlMode(StrEnum):
     none = "none"
 
 
-class Sysctls(_Model):
+class Sysctls(ApiModel):
     mode: SysctlMode = Field(
         default=SysctlMode.security_context,
         description=(
@@ -90,8 +89,8 @@ class Sysctls(_Model):
     )
 
 
-class Bounds(_Model):
-    model_config = ConfigDict(  # merged with _Model's configuration
+class Bounds(ApiModel):
+    model_config = ConfigDict(  # merged with ApiModel's configuration
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
@@ -106,7 +105,7 @@ class Bounds(_Model):
     max: float | None = Field(default=None, ge=0, description="Highest value autotuning may set.")
 
 
-class Autotune(_Model):
+class Autotune(ApiModel):
     enabled: bool = Field(default=False, description="Let the operator tune the limits.")
     interval_seconds: int = Field(
         default=30, ge=5, le=3600, description="Seconds between two tuning decisions."
@@ -133,8 +132,44 @@ class Autotune(_Model):
     )
 
 
-class AsgiServerSpec(_Model):
-    model_config = ConfigDict(  # merged with _Model's configuration
+Percent = Annotated[str, StringConstraints(pattern=r"^([0-9]|[1-9][0-9]|100)%$")]
+
+
+class DisruptionBudget(ApiModel):
+    model_config = ConfigDict(  # merged with ApiModel's configuration
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.minAvailable) || !has(self.maxUnavailable)",
+                    "message": "set minAvailable or maxUnavailable, not both",
+                }
+            ]
+        },
+    )
+
+    enabled: bool | None = Field(
+        default=None,
+        description=(
+            "Whether the operator keeps a PodDisruptionBudget for the Pods. Unset: when more"
+            " than one Pod is wanted (spec.replicas, or the Deployment's count while an"
+            " autoscaler sets it)."
+        ),
+    )
+    max_unavailable: int | Percent | None = Field(
+        default=None,
+        description=(
+            "Pods that may be down at once for voluntary disruptions (node drains), a number"
+            " or a percentage. Default: 1, when minAvailable is unset."
+        ),
+    )
+    min_available: int | Percent | None = Field(
+        default=None,
+        description="Pods that must stay up during voluntary disruptions (number or percentage).",
+    )
+
+
+class AsgiServerSpec(ApiModel):
+    model_config = ConfigDict(  # merged with ApiModel's configuration
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
@@ -210,6 +245,22 @@ class AsgiServerSpec(_Model):
     autotune: Autotune = Field(
         default_factory=Autotune, description="Closed-loop tuning of the server settings."
     )
+    pod_template: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "A pod template (metadata.labels and annotations, and a Pod spec) merged onto the"
+            " generated one as a strategic merge patch: containers, initContainers, volumes,"
+            " env, ports and volumeMounts merge by their keys. The app container is `app`,"
+            " the sidecar `proxy`. Fields the operator owns (selector labels, the proxy's"
+            " image, command, args, ports and probes, the sysctls, the config volume) must"
+            " not be set to other values. It wins over the shorthands env, resources,"
+            " nodeSelector, tolerations and podAnnotations."
+        ),
+    )
+    disruption_budget: DisruptionBudget = Field(
+        default_factory=DisruptionBudget,
+        description="The PodDisruptionBudget of the Pods (node drains keep enough of them up).",
+    )
     env: list[dict[str, Any]] = Field(
         default_factory=list, description="Environment variables of the app container."
     )
@@ -240,148 +291,3 @@ class AsgiServerSpec(_Model):
         if self.sysctls.mode == SysctlMode.none:
             return None
         return self.sysctls.somaxconn or self.server.backlog
-
-
-class ConditionStatus(StrEnum):
-    true = "True"
-    false = "False"
-    unknown = "Unknown"
-
-
-class Condition(_Model):
-    type: str = Field(
-        description=(
-            "Ready, Progressing, SysctlsApplied and Degraded (from reconciling), Tuned (from"
-            " autotuning)."
-        )
-    )
-    status: ConditionStatus = Field(description="True, False or Unknown.")
-    reason: str = Field(description="CamelCase reason for the last transition.")
-    message: str = Field(default="", description="What happened and what to do about it.")
-    last_transition_time: str | None = Field(
-        default=None, description="When the status last changed (RFC 3339)."
-    )
-    observed_generation: int | None = Field(
-        default=None, description="The spec generation this condition describes."
-    )
-
-
-class Effective(_Model):
-    backlog: int | None = Field(default=None, description="Backlog the sidecars listen with.")
-    somaxconn: int | None = Field(
-        default=None, description="net.core.somaxconn set in the Pods (null: not set)."
-    )
-    backlog_effective: int | None = Field(
-        default=None, description="Backlog after the kernel's clamp, as far as it is known."
-    )
-    limit_concurrency: int | None = Field(
-        default=None,
-        description="Requests in flight (with the adaptive limit: its starting value).",
-    )
-    timeout_keep_alive: float | None = Field(default=None, description="Idle timeout (s).")
-
-
-def _sidecar_description(name: str) -> str:
-    field = SidecarLimits.model_fields[name]
-    text = (field.description or "").replace(" null means no limit.", "")
-    return f"Tuned server.{field.alias}, in place of the spec's (unset: not tuned). {text}"
-
-
-class TunedSettings(_Model):
-    """What autotuning set: a partial of the sidecar's settings, with the same names.
-
-    Unset fields keep the spec's value.  The field names and aliases are the
-    sidecar's own, so a tuned value is spelled the same in the decision, here, in
-    the ConfigMap and in the sidecar (a unit test holds this).
-    """
-
-    limit_concurrency: int | None = Field(
-        default=None, ge=1, description=_sidecar_description("limit_concurrency")
-    )
-    timeout_keep_alive: float | None = Field(
-        default=None, gt=0, description=_sidecar_description("timeout_keep_alive")
-    )
-    backlog: int | None = Field(default=None, ge=1, description=_sidecar_description("backlog"))
-    adaptive_min: int | None = Field(
-        default=None, ge=1, description=_sidecar_description("adaptive_min")
-    )
-    adaptive_max: int | None = Field(
-        default=None, ge=1, description=_sidecar_description("adaptive_max")
-    )
-
-
-class TuningInputs(_Model):
-    pods: int = Field(description="Pods whose metrics were used.")
-    throughput_per_pod: float = Field(description="Admitted responses per second per Pod.")
-    in_flight_per_pod: float = Field(description="Mean requests in flight per Pod.")
-    p50_seconds: float | None = Field(default=None, description="Median latency (s).")
-    p99_seconds: float | None = Field(default=None, description="99th percentile latency (s).")
-    rejected_ratio: float = Field(description="Share of requests refused with 503.")
-    listen_overflows_per_second: float = Field(
-        description="ListenOverflows per second in the Pods' network namespaces."
-    )
-    idle_closes_per_second: float = Field(
-        description="Idle keep-alive connections closed per second per Pod."
-    )
-
-
-class TuningDecision(_Model):
-    time: str = Field(description="When the change was decided (RFC 3339).")
-    setting: str = Field(description="The setting changed, as spelled in spec.server.")
-    from_: float | None = Field(
-        default=None, alias="from", description="The value before (null: no limit)."
-    )
-    to: float = Field(description="The value after.")
-    direction: str = Field(description="up or down.")
-    reason: str = Field(description="Why, from the metrics of the interval.")
-    inputs: TuningInputs = Field(description="The fleet metrics the change was decided from.")
-
-
-class Tuning(_Model):
-    current: TunedSettings = Field(
-        default_factory=TunedSettings,
-        description="Values autotuning set; the Pods run the spec with these applied.",
-    )
-    decisions: list[TuningDecision] = Field(
-        default_factory=list, description="The last ten changes, oldest first."
-    )
-    last_round: str | None = Field(
-        default=None, description="When metrics were last read (RFC 3339)."
-    )
-
-
-class AsgiServerStatus(_Model):
-    observed_generation: int | None = Field(
-        default=None, description="The spec generation the operator last reconciled."
-    )
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        description="Current state, one entry per type.",
-        json_schema_extra={
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
-    )
-    effective: Effective | None = Field(default=None, description="The settings the Pods run with.")
-    replicas: int | None = Field(default=None, description="Pods of the current Deployment.")
-    ready_replicas: int | None = Field(default=None, description="Pods that are ready.")
-    tuning: Tuning | None = Field(
-        default=None, description="Autotuning's current values and recent decisions."
-    )
-
-    def condition(self, kind: str) -> Condition | None:
-        return next((c for c in self.conditions if c.type == kind), None)
-
-    @classmethod
-    def read(cls, status: dict[str, Any] | None) -> AsgiServerStatus:
-        """A stored status, leniently: unknown keys are left out, an unreadable one is empty."""
-        known = {f.alias or n for n, f in cls.model_fields.items()}
-        try:
-            return cls.model_validate({k: v for k, v in (status or {}).items() if k in known})
-        except ValueError:
-            return cls()
-
-    def to_patch(self) -> dict[str, Any]:
-        """The status as a merge patch: unset fields are null, so stale ones are removed."""
-        patch: dict[str, Any] = self.model_dump(by_alias=True, mode="json")
-        return patch

@@ -18,15 +18,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from asgi_operator.building import (
-    SELECTOR_LABEL,
+    CONFIG_HASH_ANNOTATION,
     BuildOptions,
     Owner,
     build_children,
+    config_hash,
     current_somaxconn,
+    pods_to_nudge,
+    selector,
     tuned_spec,
 )
 from asgi_operator.kube import Kube, timestamp
-from asgi_operator.models import AsgiServerSpec, AsgiServerStatus
+from asgi_operator.models import AsgiServerSpec
+from asgi_operator.podtemplates import TemplateConflictError
 from asgi_operator.statusing import (
     Observed,
     Tuned,
@@ -34,8 +38,12 @@ from asgi_operator.statusing import (
     invalid_status,
     new_problems,
 )
+from asgi_operator.statusmodels import AsgiServerStatus
 
 log = logging.getLogger("asgi_operator")
+
+OPTIONAL_KIND = "PodDisruptionBudget"
+_ABSENT: dict[str, Any] = {"absent": True}
 
 # What the autotuner says about an AsgiServer (None: it is not tuned).
 TunedReport = Callable[[dict[str, Any], AsgiServerSpec], Tuned | None]
@@ -50,13 +58,22 @@ class Outcome:
     changed: list[str] = field(default_factory=list)
 
 
-def _invalid(body: dict[str, Any], previous: AsgiServerStatus, exc: ValidationError) -> Outcome:
+def _invalid(body: dict[str, Any], previous: AsgiServerStatus, problems: str) -> Outcome:
+    """A spec refused before anything was applied: the children stay as they were."""
     generation = int(body["metadata"].get("generation", 0))
-    problems = "; ".join(
-        f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-    )
     status = invalid_status(problems, previous.conditions, generation, timestamp())
-    return Outcome(status, [])
+    return Outcome(status, new_problems(previous.conditions, status.conditions))
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
+def _replicas(deployment: dict[str, Any] | None) -> int | None:
+    if not deployment:
+        return None
+    value = deployment.get("spec", {}).get("replicas")
+    return int(value) if value is not None else None
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
@@ -91,36 +108,74 @@ def reconcile(
         if report is not None:
             spec = tuned_spec(spec, report.tuning.current)
     except ValidationError as exc:
-        return _invalid(body, previous, exc)
+        return _invalid(body, previous, _problems(exc))
     owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
     live = kube.get_deployment(namespace, name)
     options = BuildOptions(
         sidecar_image=options.sidecar_image,
         native_sidecars=options.native_sidecars,
         current_somaxconn=current_somaxconn(live),
+        current_replicas=_replicas(live),
     )
+    try:
+        children = build_children(owner, spec, options)
+    except TemplateConflictError as exc:
+        return _invalid(body, previous, str(exc))
     deployment: dict[str, Any] | None = None
     changed: list[str] = []
     memory = applied if applied is not None else {}
-    for manifest in build_children(owner, spec, options):
+    _remove_unwanted(kube, owner, children, memory, changed)
+    for manifest in children:
         result = kube.apply(manifest)
         what = f"{manifest['kind']} {manifest['metadata']['name']}"
         key = f"{namespace}/{what}"
         before = live if manifest["kind"] == "Deployment" else memory.get(key)
-        if live is None or (before is not None and _changed(before, result)):
+        created = before is _ABSENT  # an optional child that was deleted, back again
+        if live is None or created or (before is not None and _changed(before, result)):
             changed.append(what)
         memory[key] = {"kind": result.get("kind"), "metadata": result.get("metadata", {})}
         if manifest["kind"] == "Deployment":
             deployment = result
+    pods = kube.list_pods(namespace, selector(owner))
+    config = next(c for c in children if c["kind"] == "ConfigMap")
+    _nudge(kube, namespace, pods, config_hash(config))
     observed = Observed(
         generation=int(meta.get("generation", 0)),
         deployment=deployment,
-        pods=kube.list_pods(namespace, f"{SELECTOR_LABEL}={name}"),
+        pods=pods,
         namespace_labels=kube.namespace_labels(namespace),
         previous=previous.conditions,
     )
-    status = build_status(spec, observed, current_somaxconn(deployment), timestamp(), report)
+    status = build_status(
+        spec, observed, current_somaxconn(deployment), timestamp(), report, selector(owner)
+    )
     return Outcome(status, new_problems(observed.previous, status.conditions), changed)
+
+
+def _nudge(kube: Kube, namespace: str, pods: list[dict[str, Any]], digest: str) -> None:
+    """Make the kubelets refresh the sidecar's ConfigMap now, not on their next sync."""
+    for name in pods_to_nudge(pods, digest):
+        kube.annotate_pod(namespace, name, CONFIG_HASH_ANNOTATION, digest)
+
+
+def _remove_unwanted(
+    kube: Kube,
+    owner: Owner,
+    children: list[dict[str, Any]],
+    memory: dict[str, dict[str, Any]],
+    changed: list[str],
+) -> None:
+    """Delete an optional child (the PodDisruptionBudget) that is no longer built.
+
+    ``memory`` remembers that it is gone, so the DELETE is sent once per operator run.
+    """
+    what = f"{OPTIONAL_KIND} {owner.name}"
+    key = f"{owner.namespace}/{what}"
+    if any(c["kind"] == OPTIONAL_KIND for c in children) or memory.get(key) == _ABSENT:
+        return
+    if kube.delete_disruption_budget(owner.namespace, owner.name):
+        changed.append(what + " (deleted)")
+    memory[key] = _ABSENT
 
 
 def status_changed(old: dict[str, Any] | None, new: AsgiServerStatus) -> bool:

@@ -13,13 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgi_operator.models import (
-    AsgiServerSpec,
+from asgi_operator.models import AsgiServerSpec, SysctlMode
+from asgi_operator.statusmodels import (
     AsgiServerStatus,
     Condition,
     ConditionStatus,
     Effective,
-    SysctlMode,
     Tuning,
 )
 
@@ -212,6 +211,7 @@ def build_status(
     somaxconn: int | None,
     now: str,
     tuned: Tuned | None = None,
+    selector: str | None = None,
 ) -> AsgiServerStatus:
     verdicts = conditions(spec, observed)
     if tuned is not None:
@@ -230,6 +230,7 @@ def build_status(
         ),
         replicas=current,
         ready_replicas=ready,
+        selector=selector,
         tuning=None if tuned is None else tuned.tuning,
     )
 

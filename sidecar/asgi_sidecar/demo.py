@@ -8,8 +8,10 @@ where to read metrics, and stops both on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +26,36 @@ app = FastAPI(title="asgi-sidecar demo")
 @app.get("/")
 async def hello() -> dict[str, str]:
     return {"hello": "world"}
+
+
+@app.get("/ready")
+async def ready() -> dict[str, bool]:
+    """The app's own readiness probe (samples/production-api.yaml uses it)."""
+    return {"ready": True}
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@app.get("/whoami")
+async def whoami() -> dict[str, object]:
+    """Which Pod answered, its arguments, and proof that it read its secrets without
+    showing them: the SHA-256 of each environment variable named in ``DEMO_DIGEST_ENV``
+    and of each file named in ``DEMO_DIGEST_FILES`` (comma-separated lists)."""
+    names = [n for n in os.environ.get("DEMO_DIGEST_ENV", "").split(",") if n]
+    files = [f for f in os.environ.get("DEMO_DIGEST_FILES", "").split(",") if f]
+    digests: dict[str, str | None] = {}
+    for name in names:
+        value = os.environ.get(name)
+        digests[f"env:{name}"] = None if value is None else _digest(value.encode())
+    for path in files:
+        try:
+            with open(path, "rb") as source:
+                digests[f"file:{path}"] = _digest(source.read())
+        except OSError:
+            digests[f"file:{path}"] = None
+    return {"hostname": socket.gethostname(), "argv": sys.argv, "digests": digests}
 
 
 @app.get("/slow")

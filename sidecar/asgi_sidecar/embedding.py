@@ -36,7 +36,7 @@ from time import monotonic
 from typing import Any, Final
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from asgi_sidecar import http1
 from asgi_sidecar.admitting import QUEUED, Admission
@@ -45,6 +45,7 @@ from asgi_sidecar.metrics import Gauges
 from asgi_sidecar.running import run
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
+from asgi_sidecar.strictparsing import StrictHttpToolsProtocol
 from asgi_sidecar.tracking import SWEEP_INTERVAL, Deadlines
 
 log = logging.getLogger("asgi_sidecar")
@@ -128,6 +129,11 @@ class EmbeddedServer:
         finally:
             self.listener.close()
         return 0 if self.server.started else 1
+
+    def begin_drain(self, seconds: float) -> None:
+        """preStop drain: unready (uvicorn has no way to close connections after a
+        response short of shutting down; SIGTERM does that)."""
+        self.ready = False
 
     def stop_accepting(self) -> None:
         self.server.should_exit = True  # uvicorn closes the listener and idle connections
@@ -241,7 +247,32 @@ class AdmissionMiddleware:
         await send({"type": "http.response.body", "body": http1.REJECTION_BODY})
 
 
-class GuardedProtocol(HttpToolsProtocol):
+class CloseDelimitedCycle(RequestResponseCycle):
+    """The response to an HTTP/1.0 request: a body without a length ends at the close.
+
+    uvicorn's httptools protocol frames such a body with chunked coding whatever the
+    request's version, and an HTTP/1.0 client cannot read it (RFC 9112 6.1: no
+    Transfer-Encoding unless the request is HTTP/1.1 or later).  The proxy mode sends it
+    delimited by the close, as uvicorn's h11 protocol does; so does this.  uvicorn closes an
+    HTTP/1.0 connection after each response already.
+    """
+
+    until_close = False
+
+    async def send(self, message: Any) -> None:
+        kind = message["type"]
+        if kind == "http.response.start" and not self.response_started:
+            names = {name.lower() for name, _ in message.get("headers", ())}
+            if not names & {b"content-length", b"transfer-encoding"}:
+                self.until_close = True
+                self.chunked_encoding = False  # so uvicorn adds no Transfer-Encoding
+                self.expected_content_length = sys.maxsize
+        elif kind == "http.response.body" and self.until_close and not message.get("more_body"):
+            self.expected_content_length = len(message.get("body", b""))  # the end is here
+        await super().send(message)
+
+
+class GuardedProtocol(StrictHttpToolsProtocol):
     """uvicorn's httptools protocol plus idle-from-the-start, header timeout and tracking.
 
     Nothing here adds a timer per request: the header deadline lives in the
@@ -304,7 +335,17 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.state.heads.discard(self)
-        HttpToolsProtocol.on_headers_complete(self)
+        StrictHttpToolsProtocol.on_headers_complete(self)  # the proxy's request rules first
+        cycle = self.cycle
+        # The cycle was made (and its task created, not yet run) just now, unless the request
+        # is an upgrade; uvicorn offers no hook to make another class of it.
+        if cycle is not None and cycle.scope is self.scope and self.scope["http_version"] == "1.0":
+            cycle.__class__ = CloseDelimitedCycle
+
+    def refused(self, status: int, reason: str) -> None:
+        self.state.stats.rejected[reason] += 1
+        self.state.stats.requests[status] += 1
+        self._close_reason = "server_closed"
 
     def header_timed_out(self) -> None:
         self.state.stats.rejected["header_timeout"] += 1

@@ -2,7 +2,10 @@
 
 Request heads are parsed by httptools (llhttp); response heads from the upstream
 are parsed here, because the proxy must know a response's framing (HEAD, 1xx,
-204, 304, chunked) to forward bodies without buffering them.
+204, 304, chunked) to forward bodies without buffering them.  The sidecar is the
+public edge: whatever it forwards, every client and balancer behind it must
+read the same way, so anything RFC 9112 leaves open to two readings is refused
+(``ProtocolError``, a 502) rather than passed on.
 """
 
 from __future__ import annotations
@@ -24,10 +27,20 @@ HOP_BY_HOP = frozenset(
 )
 MAX_CHUNK_LINE: Final = 8192
 LAST_CHUNK: Final = b"0\r\n\r\n"
+# Connection options that name no header to drop (RFC 9110 7.6.1); a Content-Length named
+# there is kept too, because the proxy frames the body by it.
+_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"content-length"})
+# Bytes never allowed in a field name (RFC 9110 5.1: a name is a token).
+_TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Control characters, allowed nowhere in a head but HTAB (RFC 9110 5.5, RFC 9112 4): a
+# lone CR or LF would end a line for some client behind us (response splitting), a NUL
+# ends a string for others.
+_CTL: Final = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])
+_OWS: Final = b" \t"
 
 
 class ProtocolError(Exception):
-    """The upstream sent something that is not HTTP/1.x."""
+    """The upstream sent something that is not HTTP/1.x, or that two readers could read apart."""
 
 
 @dataclass(slots=True)
@@ -37,12 +50,41 @@ class ResponseHead:
     headers: bytes  # the end-to-end header lines, each ending in CRLF
     content_length: int | None
     chunked: bool
-    close: bool  # the upstream will close this connection after the response
+    close: bool  # this upstream connection must not carry another request
     upgrade: bool
 
 
+def _is_token(name: bytes) -> bool:
+    return bool(name) and not name.translate(None, _TCHAR)
+
+
+def _content_length(value: bytes) -> int:
+    digits = value.strip(_OWS)
+    # digits only: int() would also take "+1", "1_0", " 1", and a list "1, 1" is refused
+    if not digits.isdigit():  # bytes.isdigit() is ASCII digits only
+        raise ProtocolError(f"bad content-length {value[:32]!r}")
+    return int(digits)
+
+
 def parse_response_head(head: bytes) -> ResponseHead:
-    """Parse an upstream response head (without the blank line that ends it)."""
+    """Parse an upstream response head (without the blank line that ends it).
+
+    The rules, each from RFC 9112 unless said otherwise; each broken one is a
+    ``ProtocolError``:
+
+    - status line ``HTTP/1.0`` or ``HTTP/1.1``, a space, three digits 100-999 (section 4);
+    - no control character but HTAB anywhere, so no bare CR or LF and no NUL (5, 2.2);
+    - field names are tokens with no whitespace before the colon, and no obs-fold (5.1, 5.2);
+    - ``Content-Length`` is digits; several must agree and are forwarded as one (6.3);
+    - the only transfer coding is a single ``chunked``, and never in an HTTP/1.0
+      response (6.1): other codings would have to be forwarded as they are, and a
+      client that cannot undo them would read a different body;
+    - with both ``Transfer-Encoding`` and ``Content-Length``, Transfer-Encoding wins and
+      Content-Length is removed (6.3: an intermediary MUST), and the connection is not
+      reused, as its sender's framing is in doubt;
+    - 1xx and 204 carry no framing headers (RFC 9110 8.6, RFC 9112 6.1);
+    - headers named in ``Connection`` are removed with it (RFC 9110 7.6.1).
+    """
     lines = head.split(b"\r\n")
     first = lines[0]
     if (
@@ -56,58 +98,66 @@ def parse_response_head(head: bytes) -> ResponseHead:
     code = first[9:12]
     if not code.isdigit() or code[:1] == b"0":  # three digits, 100-999 (RFC 9112 4)
         raise ProtocolError(f"bad status code in {first[:64]!r}")
-    # A lone CR or LF, or a NUL, would end a line for some client behind us: splitting.
-    crlf = head.count(b"\r\n")
-    if head.count(b"\r") != crlf or head.count(b"\n") != crlf or b"\x00" in head:
-        raise ProtocolError("bare CR, LF or NUL in response head")
+    if len(head.translate(None, _CTL)) != len(head) - 2 * len(lines) + 2:
+        raise ProtocolError("control character (bare CR or LF, NUL, ...) in response head")
     status = int(code)
     http10 = first[7:8] == b"0"
     close = http10
-    chunked = False
     upgrade = False
+    codings: list[bytes] = []
     content_length: int | None = None
-    kept: list[bytes] = []
-    length_line = -1  # where Content-Length sits in ``kept``
+    length_line = b""
+    dropped: set[bytes] = set()  # options named in Connection
+    kept: list[tuple[bytes, bytes]] = []  # (lower-case name, line with its CRLF)
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
+        if not sep or not _is_token(name):
             raise ProtocolError(f"bad header line {line[:64]!r}")
         lname = name.lower()
         if lname in HOP_BY_HOP:
-            lvalue = value.strip().lower()
+            lvalue = value.strip(_OWS).lower()
             if lname == b"connection":
-                tokens = {t.strip() for t in lvalue.split(b",")}
+                tokens = {t.strip(_OWS) for t in lvalue.split(b",")}
                 if b"close" in tokens:
                     close = True
                 elif http10 and b"keep-alive" in tokens:
                     close = False
                 if b"upgrade" in tokens:
                     upgrade = True
+                dropped |= tokens - _CONNECTION_OPTIONS
             elif lname == b"transfer-encoding":
-                chunked = lvalue.endswith(b"chunked")
-                if not chunked:
-                    close = True  # body delimited by close
+                codings += (t.strip(_OWS) for t in lvalue.split(b","))
             continue
         if lname == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                raise ProtocolError(f"bad content-length {value[:32]!r}") from None
-            if length < 0 or (content_length is not None and content_length != length):
-                raise ProtocolError("bad or conflicting content-length")
+            length = _content_length(value)
+            if content_length is not None:
+                if content_length != length:
+                    raise ProtocolError("conflicting content-length")
+                continue  # the same value again: forward one
             content_length = length
-            length_line = len(kept)
-        kept.append(line + b"\r\n")
-    if chunked:
-        # Transfer-Encoding wins; the Content-Length goes, or a hop that honours it would
-        # read the body differently (RFC 9112 6.3: an intermediary MUST remove it).
+            length_line = line + b"\r\n"
+        kept.append((lname, line + b"\r\n"))
+    chunked = False
+    if codings:
+        if codings != [b"chunked"] or http10:
+            raise ProtocolError(f"unsupported transfer coding {b', '.join(codings)[:64]!r}")
+        chunked = True
+        if content_length is not None:
+            # Transfer-Encoding wins; the Content-Length goes, or a hop that honours it
+            # would read the body differently (RFC 9112 6.3).
+            content_length = None
+            close = True
+            kept.remove((b"content-length", length_line))
+    if status < 200 or status == 204:
+        chunked = False
         content_length = None
-        if length_line >= 0:
-            kept = [k for k in kept if k[:15].lower() != b"content-length:"]
+        dropped.add(b"content-length")
+    if dropped:
+        kept = [(n, line) for n, line in kept if n not in dropped]
     return ResponseHead(
         status=status,
         status_line=b"HTTP/1.1" + first[8:],
-        headers=b"".join(kept),
+        headers=b"".join(line for _, line in kept),
         content_length=content_length,
         chunked=chunked,
         close=close,
@@ -131,6 +181,23 @@ _DATA_END: Final = 2
 _TRAILER: Final = 3
 _DONE: Final = 4
 _HEX: Final = b"0123456789abcdefABCDEF"
+
+
+def _chunk_line(line: bytes) -> bytes:
+    """A chunk-size or trailer line without its CRLF, if it is one a client reads alike.
+
+    The body is forwarded byte for byte to HTTP/1.1 clients, so a line that some
+    parsers end early (a bare LF, a CR or another control character inside an
+    extension) must stop here (RFC 9112 7.1).
+    """
+    if len(line) > MAX_CHUNK_LINE:
+        raise ProtocolError("chunk line too long")
+    if line[-1:] != b"\r":
+        raise ProtocolError("chunk line not ended by CRLF")
+    line = line[:-1]
+    if len(line.translate(None, _CTL)) != len(line):
+        raise ProtocolError("control character in a chunk line")
+    return line
 
 
 class ChunkedScanner:
@@ -181,14 +248,17 @@ class ChunkedScanner:
                 if newline < 0:
                     self._line += data[pos:]
                     if len(self._line) > MAX_CHUNK_LINE:
-                        raise ProtocolError("chunk header line too long")
+                        raise ProtocolError("chunk line too long")
                     pos = end
                     break
                 line = self._line + data[pos:newline]
                 self._line = b""
                 pos = newline + 1
+                line = _chunk_line(line)
                 if state == _SIZE:
-                    size_text = line.split(b";", 1)[0].rstrip(b" \t\r")
+                    size_text, semi, _ = line.partition(b";")
+                    if semi:
+                        size_text = size_text.rstrip(_OWS)  # BWS before an extension
                     # hex digits only: int() would also take "+1", "0x1", "1_0", " 1"
                     if not size_text or size_text.strip(_HEX) or len(size_text) > 16:
                         raise ProtocolError(f"bad chunk size {size_text[:32]!r}")
@@ -198,7 +268,11 @@ class ChunkedScanner:
                     else:
                         self._state = _DATA
                         self._remaining = size
-                elif not line.strip():
+                elif not line:
                     self._state = _DONE
                     return pos, True, spans
+                else:
+                    name, sep, _ = line.partition(b":")
+                    if not sep or not _is_token(name):
+                        raise ProtocolError(f"bad trailer line {line[:64]!r}")
         return pos, self._state == _DONE, spans

@@ -2,11 +2,12 @@
 
 Request heads are parsed by httptools (llhttp, which also refuses
 Content-Length with Transfer-Encoding and duplicate Content-Length, the usual
-request-smuggling vectors); ``RequestHead`` takes its callbacks and rewrites the
-head for the upstream, and ``client_head`` rewrites an upstream response head
-for the client.  Every response the sidecar makes itself (400, 408, 417, 431,
-502, 503, 504) is built here and nowhere else; ``framing.py`` reads the
-upstream's responses.
+request-smuggling vectors); ``RequestHead`` takes its callbacks, applies the
+RFC 9112 rules llhttp leaves to it (``refusing.py`` holds the refusals and the
+syntax checks) and rewrites the head for the upstream, and ``client_head``
+rewrites an upstream response head for the client.  Every response the sidecar
+makes itself (400, 408, 414, 417, 431, 501, 502, 503, 504, 505) is built here and
+nowhere else; ``framing.py`` reads the upstream's responses.
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ from http import HTTPStatus
 from typing import Final
 
 from asgi_sidecar.framing import HOP_BY_HOP, ResponseHead
+from asgi_sidecar.refusing import (
+    REQUEST_LINE_END,
+    BadTransferEncodingError,
+    HeaderTooLargeError,
+    RequestLineTooLongError,
+    RequestRefusedError,
+    split_absolute,
+    valid_authority,
+)
 
 # Request headers that RequestHead looks at rather than copying through.
 _SPECIAL: Final = HOP_BY_HOP | {
@@ -24,6 +34,10 @@ _SPECIAL: Final = HOP_BY_HOP | {
     b"content-length",
     b"host",
 }
+# Content-Length and Transfer-Encoding spelled with "_" for "-": CGI-style readers (a WSGI
+# environ, asgiref's adapter) fold both spellings into one HTTP_* key, so the field would
+# be an ordinary one here and a framing field to the app behind the server.
+_FRAMING_ALIASES: Final = (b"content_length", b"transfer_encoding")
 # Named in Connection, these are still kept: dropping the framing or the Host would
 # desync the upstream.
 _NEVER_DROPPED: Final = (b"close", b"keep-alive", b"upgrade", b"content-length", b"host")
@@ -36,53 +50,10 @@ REJECTION_BODY: Final = (
 )
 
 
-class HeaderTooLargeError(Exception):
-    """The request head is over max_header_size: 431 and close."""
-
-
-class RequestRefusedError(Exception):
-    """A head that breaks an RFC 9112 rule: answered with ``status`` and closed, counted
-    under ``reason`` in asgi_requests_rejected_total."""
-
-    status = 400
-    reason = "bad_request"
-
-    def __init__(self, status: int | None = None, reason: str | None = None) -> None:
-        super().__init__(reason)
-        if status is not None:
-            self.status = status
-        if reason is not None:
-            self.reason = reason
-
-
-class BadTransferEncodingError(RequestRefusedError):
-    """Transfer-Encoding without chunked last, or chunked twice: 400 (RFC 9112 6.3)."""
-
-    reason = "smuggling"
-
-
 def upstream_authority(url: str) -> bytes:
     """The authority of the upstream URL, the Host an HTTP/1.0 request without one gets."""
     rest = url.partition("://")[2] or url
     return rest.split("/", 1)[0].encode("ascii")
-
-
-def _split_absolute(url: bytes) -> tuple[bytes, bytes] | None:
-    """(authority, origin-form target) of an absolute-form target, None if it is not one."""
-    scheme, sep, rest = url.partition(b"://")
-    if not sep or scheme.lower() not in (b"http", b"https"):
-        return None
-    cut = len(rest)
-    for mark in (b"/", b"?"):
-        found = rest.find(mark)
-        if 0 <= found < cut:
-            cut = found
-    authority, path = rest[:cut], rest[cut:]
-    if not authority or b"@" in authority:  # no userinfo in http(s) URIs (RFC 9110 4.2.4)
-        raise RequestRefusedError(400, "bad_target")
-    if not path.startswith(b"/"):
-        path = b"/" + path
-    return authority, path
 
 
 # -- requests -------------------------------------------------------------------------------
@@ -112,7 +83,9 @@ class RequestHead:
     keep_alive = True
     error: tuple[int, str] | None = None  # a refusal owed to this request
     hosts = 0  # Host fields seen
+    host_bad = False  # a Host field whose value is not uri-host [":" port]
     te_bad = False  # a coding other than a single, final chunked
+    alias_seen = False  # a field named like a framing field with "_" (_FRAMING_ALIASES)
 
     def __init__(self) -> None:
         self.head: list[bytes] = []
@@ -122,6 +95,8 @@ class RequestHead:
         self.head_size += len(name) + len(value) + 4
         lname = name.lower()
         if lname not in _SPECIAL:
+            if b"_" in lname and lname.replace(b"-", b"_") in _FRAMING_ALIASES:
+                self.alias_seen = True
             self.head.append(name + b": " + value + b"\r\n")
             return
         if lname == b"content-length":
@@ -129,6 +104,8 @@ class RequestHead:
             self.head.append(name + b": " + value + b"\r\n")
         elif lname == b"host":
             self.hosts += 1
+            if not valid_authority(value.strip(b" \t")):
+                self.host_bad = True
             self.head.append(name + b": " + value + b"\r\n")
         elif lname == b"transfer-encoding":
             # Only chunked is understood, once (RFC 9112 6.1); which refusal is owed
@@ -162,15 +139,26 @@ class RequestHead:
         """
         if version[:2] != "1.":
             raise RequestRefusedError(505, "bad_version")  # section 2.3: major version 1 only
+        if self.alias_seen:
+            raise RequestRefusedError(400, "smuggling")
+        if self.te_all and version == "1.0":
+            # Section 6.1: treated as faulty framing, even with a Content-Length: the
+            # sender may not have meant chunked, and what follows would be misread.
+            raise BadTransferEncodingError
         if self.te_bad:
             codings = [c.strip().lower() for c in self.te_all.split(b",")]
             if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
                 raise BadTransferEncodingError  # section 6.3: length undeterminable
             raise RequestRefusedError(501, "unsupported_coding")  # section 6.1
         url = self.url
+        if b"#" in url:
+            # Section 3.2: no fragment in a request target.  Upstreams disagree on what
+            # follows "#" (uvicorn's httptools protocol drops it, its h11 protocol and
+            # hypercorn keep it in the path), so it is refused rather than passed on.
+            raise RequestRefusedError(400, "bad_target")
         if url[:1] != b"/":
             self._check_target(url)
-        if self.hosts > 1 or (self.hosts == 0 and version != "1.0"):
+        if self.hosts > 1 or self.host_bad or (self.hosts == 0 and version != "1.0"):
             raise RequestRefusedError(400, "bad_host")  # section 3.2
         if self.hosts == 0:
             self.head.append(b"host: " + upstream_authority(upstream) + b"\r\n")
@@ -183,7 +171,7 @@ class RequestHead:
             if self.method != b"OPTIONS":
                 raise RequestRefusedError(400, "bad_target")
             return
-        split = _split_absolute(url)
+        split = split_absolute(url)
         if split is None:
             raise RequestRefusedError(400, "bad_target")
         # Absolute form: the authority replaces Host (section 3.2.2), sent in origin form.
@@ -195,6 +183,8 @@ class RequestHead:
     def rewrite(self, peer_ip: bytes, max_header_size: int) -> None:
         """Build ``head_bytes`` once the head is complete (method and url set)."""
         if self.head_size + len(self.url) > max_header_size:
+            if len(self.method) + len(self.url) + REQUEST_LINE_END > max_header_size:
+                raise RequestLineTooLongError
             raise HeaderTooLargeError
         if self.chunked and self.te_last != b"chunked":
             raise BadTransferEncodingError  # llhttp refuses it too, but only after this call
@@ -215,25 +205,6 @@ class RequestHead:
             self.upgrade = b""
         self.head_bytes = b"".join((self.method, b" ", self.url, b" HTTP/1.1\r\n", *head, b"\r\n"))
         self.head = []
-
-
-def input_refusal(error: BaseException) -> tuple[int, str]:
-    """Status and counted reason for a request head the parser refused."""
-    cause = error.__context__  # httptools wraps an exception raised in a callback
-    for refused in (error, cause):
-        if isinstance(refused, RequestRefusedError):
-            return refused.status, refused.reason
-    if isinstance(error, HeaderTooLargeError) or isinstance(cause, HeaderTooLargeError):
-        return 431, "header_too_large"
-    message = str(error)
-    smuggling = (
-        isinstance(cause, BadTransferEncodingError)
-        or "Content-Length" in message
-        or "Transfer-Encoding" in message
-    )
-    if smuggling:
-        return 400, "smuggling"
-    return 400, "bad_chunk" if "chunk" in message else "bad_request"
 
 
 # -- responses from the upstream, rewritten for the client -----------------------------------
@@ -315,7 +286,8 @@ REQUEST_TIMEOUT: Final = simple_response(408, b"Request Timeout\n", keep_alive=F
 
 
 def refusal(status: int) -> bytes:
-    """400, 417 or 431 for malformed input: no body, and the connection closes."""
+    """A refusal of bad input (400, 414, 417, 431, 501, 505): no body, and the connection
+    closes."""
     return simple_response(status, b"", keep_alive=False)
 
 

@@ -115,9 +115,9 @@ class SidecarCollector(Collector):
         yield _counter_by(
             "asgi_requests_rejected",
             "Requests refused by the sidecar, by reason (503s: concurrency_limit, queue_full,"
-            " queue_timeout, shutting_down; bad input: bad_request, smuggling,"
-            " header_too_large, header_timeout, bad_host, bad_version, bad_target, connect,"
-            " unsupported_coding, bad_chunk).",
+            " queue_timeout, shutting_down; bad input: bad_request, bad_field, smuggling,"
+            " header_too_large, uri_too_long, header_timeout, body_timeout, bad_host,"
+            " bad_version, bad_target, connect, unsupported_coding, bad_chunk).",
             "reason",
             dict(s.rejected),
         )

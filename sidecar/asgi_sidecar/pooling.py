@@ -8,6 +8,7 @@ upstream gets ``upstream_timeout`` seconds for its response head, then a 504.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from typing import TYPE_CHECKING
@@ -93,7 +94,12 @@ class UpstreamPool:
         self.idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
+        """``conn`` is closed.  An idle one the app closed leaves the pool now, not when
+        its idle time runs out, so the idle gauge never counts a closed connection."""
         self.open.discard(conn)
+        if conn.exchange is None:
+            with contextlib.suppress(ValueError):
+                self.idle.remove(conn)
 
     def time_out(self, now: float) -> None:
         """504 for requests whose response head did not come within upstream_timeout."""

@@ -36,9 +36,12 @@ class FrontConnection(RequestReader):
             self.closed = True
             if not self.close_reason:
                 self.close_reason = "client_error" if exc is not None else "client_closed"
+        # Only a client that closed first is gone; when the sidecar closed (a refusal,
+        # an upstream error, shutdown), that reason was counted already.
+        gone = "client_gone" if self.close_reason in ("client_closed", "client_error") else ""
         for ex in (self.current, self.parsing, *self.pending):
             if ex is not None and not ex.finished:
-                self._abandon(ex)
+                self._abandon(ex, gone)
         self.current = self.parsing = None
         self.pending.clear()
         if self.tunnel is not None:
@@ -48,6 +51,8 @@ class FrontConnection(RequestReader):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if not self.closed:
+            self.core.send_stalled(self)  # send_timeout runs until the client reads again
         ex = self.current
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
@@ -56,6 +61,7 @@ class FrontConnection(RequestReader):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.core.send_resumed(self)
         ex = self.current
         if ex is not None and ex.upstream is not None:
             ex.upstream.resume_reading()
@@ -72,6 +78,8 @@ class FrontConnection(RequestReader):
             ex.keep_alive = False
             self._answer(ex, http1.refusal(status))
             return
+        if ex.buffering:
+            return  # its body is still arriving: it starts once it has (reading.py)
         admission = self.admission
         if admission.try_acquire():
             self.admit(ex)
@@ -108,7 +116,7 @@ class FrontConnection(RequestReader):
 
     def _send_rejection(self, ex: Exchange) -> None:
         settings = self.core.settings
-        keep = ex.keep_alive and ex.body_done and not self.core.stopping
+        keep = ex.keep_alive and ex.body_done and not self.core.close_after_response
         ex.keep_alive = keep
         response = http1.rejection(
             settings.retry_after,
@@ -122,7 +130,7 @@ class FrontConnection(RequestReader):
         if ex.response_started or ex.finished or ex.rejected:
             self.abort(reason)  # the client already has (part of) another answer
             return
-        self._abandon(ex)  # frees its slot and aborts the upstream request
+        self._abandon(ex, "")  # frees its slot and aborts the upstream request
         ex.status = status
         self.stats.requests[status] += 1
         self.current = None
@@ -152,7 +160,7 @@ class FrontConnection(RequestReader):
             upgrade=ex.upgrade,
             keep_alive=ex.keep_alive,
             decode_chunks=decode_chunks,
-            keep_alive_end=None if core.stopping else core.keep_alive_end,
+            keep_alive_end=None if core.close_after_response else core.keep_alive_end,
         )
         return data
 
@@ -190,9 +198,12 @@ class FrontConnection(RequestReader):
         if ex.finished or self.closed:
             return
         if ex.response_started:
+            # Part of a response went out with framing that will not be honoured: close
+            # before finishing, or finishing would start the next pipelined request on a
+            # connection whose client is still reading this body.
             ex.status = ex.status or status
-            self.finish(ex)
             self.abort("upstream_error")
+            self.finish(ex)
             return
         ex.status = status
         ex.keep_alive = ex.keep_alive and ex.body_done
@@ -222,7 +233,7 @@ class FrontConnection(RequestReader):
             self.resume_reading(PAUSE_UPSTREAM)  # that upstream connection is done with us
         if self.closed:
             return
-        stopping = self.core.stopping
+        stopping = self.core.close_after_response
         if not ex.keep_alive or stopping:
             self.close("shutdown" if stopping else "server_closed")
             return
@@ -236,12 +247,14 @@ class FrontConnection(RequestReader):
         if self.paused & PAUSE_BODY and self.parsing is not None and self.parsing.streaming:
             self.resume_reading(PAUSE_BODY)
 
-    def _abandon(self, ex: Exchange) -> None:
-        """The client went away: give back the slot and cancel the upstream request."""
+    def _abandon(self, ex: Exchange, reason: str) -> None:
+        """No response will be written for ``ex``: give back its slot, cancel the upstream
+        request, and count that under ``reason`` in the upstream errors (if one is given).
+        """
         ex.finished = True
         if ex.queued_at >= 0 and not ex.admitted:
             self.admission.cancel(ex)
         if ex.admitted:
             self.admission.release()
-        if self.core.withdraw(ex):
-            self.stats.upstream_errors["client_gone"] += 1
+        if self.core.withdraw(ex) and reason:
+            self.stats.upstream_errors[reason] += 1

@@ -20,12 +20,15 @@ import httptools
 from asgi_sidecar import http1
 from asgi_sidecar.exchanges import PAUSE_BODY, PAUSE_PIPELINE
 from asgi_sidecar.framing import LAST_CHUNK, frame_chunk
-from asgi_sidecar.http1 import HeaderTooLargeError
+from asgi_sidecar.refusing import HeaderTooLargeError, input_refusal
 
 if TYPE_CHECKING:
     from asgi_sidecar.exchanges import Core, Exchange, UpstreamEnd
 
 BODY_BUFFER_LIMIT: Final = 256 * 1024  # request body bytes held before reading pauses
+# A request body is read up to this much before the request may take a slot, so a client
+# that sends it slowly ties up a connection (until body_timeout), not the application.
+BODY_ADMIT_BYTES: Final = 16 * 1024
 PIPELINE_LIMIT: Final = 16  # pipelined requests waiting their turn before reading pauses
 
 
@@ -47,6 +50,7 @@ class RequestReader(asyncio.Protocol):
         "head_bytes",
         "idle_since",
         "in_head",
+        "line_open",
         "parser",
         "parsing",
         "paused",
@@ -74,6 +78,7 @@ class RequestReader(asyncio.Protocol):
         self.requests_seen = 0
         self.idle_since = 0.0
         self.in_head = False
+        self.line_open = False  # the request line of the head being read has not ended
         self.head_bytes = 0
         self.paused = 0
         self.write_paused = False
@@ -123,14 +128,21 @@ class RequestReader(asyncio.Protocol):
             self.upgrade_rest = data[exc.args[0] :]
             return
         except (HeaderTooLargeError, httptools.HttpParserError) as exc:
-            self._protocol_error(*http1.input_refusal(exc))
+            in_body = self.parsing is not None and not self.in_head
+            self._protocol_error(*input_refusal(exc, in_body=in_body))
             return
         finally:
             self.feeding = False
         if self.in_head:
+            # Only a head that spans reads gets here: most arrive whole in one.
+            if self.line_open and b"\n" in data:
+                self.line_open = False
             self.head_bytes += len(data)
             if self.head_bytes > self.core.settings.max_header_size:
-                self._protocol_error(431, "header_too_large")
+                if self.line_open:
+                    self._protocol_error(414, "uri_too_long")
+                else:
+                    self._protocol_error(431, "header_too_large")
                 return
         ex = self.current
         if ex is not None and ex.rejected and not ex.body_done and not ex.finished:
@@ -143,7 +155,7 @@ class RequestReader(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.parsing = self._new_exchange()
-        self.in_head = True
+        self.in_head = self.line_open = True
         self.head_bytes = 0
         was_idle = self.current is None and not self.pending
         if self.requests_seen:
@@ -180,6 +192,9 @@ class RequestReader(asyncio.Protocol):
         ex.rewrite(self.peer_ip, core.settings.max_header_size)
         if not ex.has_body:
             ex.body_done = True
+        elif not ex.expect_continue and ex.error is None:
+            ex.buffering = True  # admitted once BODY_ADMIT_BYTES or all of it arrived
+            core.reading_body(self)
         if self.current is None:
             self._start(ex)
         else:
@@ -197,7 +212,9 @@ class RequestReader(asyncio.Protocol):
         elif not ex.rejected and not ex.finished:
             ex.body_parts.append(body)
             ex.body_buffered += len(body)
-            if ex.body_buffered > BODY_BUFFER_LIMIT:
+            if ex.buffering and ex.body_buffered >= BODY_ADMIT_BYTES:
+                self._body_arrived(ex)
+            elif ex.body_buffered > BODY_BUFFER_LIMIT:
                 self.pause_reading(PAUSE_BODY)
 
     def on_message_complete(self) -> None:
@@ -205,6 +222,9 @@ class RequestReader(asyncio.Protocol):
         assert ex is not None
         self.parsing = None
         ex.body_done = True
+        if ex.buffering:
+            self._body_arrived(ex)
+            return
         if ex.streaming and ex.chunked:
             upstream = ex.upstream
             assert upstream is not None
@@ -216,6 +236,13 @@ class RequestReader(asyncio.Protocol):
             # early 502): the connection is idle only now.
             self.idle_since = monotonic()
             self.core.went_idle(self)
+
+    def _body_arrived(self, ex: Exchange) -> None:
+        """Enough of a body read before admission is here: its request may take a slot."""
+        ex.buffering = False
+        self.core.body_read(self)
+        if ex is self.current:
+            self._start(ex)  # otherwise it starts in its turn, after the requests before it
 
     # -- flow control and closing ---------------------------------------------------------
 
@@ -277,6 +304,17 @@ class RequestReader(asyncio.Protocol):
         if self.current is None and not self.pending and self.transport is not None:
             self.transport.write(http1.REQUEST_TIMEOUT)
         self.close("header_timeout")
+
+    def timed_out_waiting_body(self) -> None:
+        """A body read before admission did not arrive within body_timeout: 408 and close."""
+        if self.paused:
+            self.core.reading_body(self)  # the sidecar stopped reading, not the client
+            return
+        self.stats.rejected["body_timeout"] += 1
+        ex = self.parsing
+        if ex is not None and ex is self.current and self.transport is not None:
+            self.transport.write(http1.REQUEST_TIMEOUT)
+        self.close("body_timeout")
 
     # -- what the connection does with a request (proxying.FrontConnection) -----------------
 

@@ -56,6 +56,10 @@ class Server(Protocol):
     def apply(self, new: SidecarSettings) -> None:
         """Apply reloaded settings (restart-only fields already kept at their old values)."""
 
+    def begin_drain(self, seconds: float) -> None:
+        """The Pod's preStop drain (GET /drain), for ``seconds``: unready, connections
+        not kept after their next response."""
+
     def stop_accepting(self) -> None:
         """Close the listener and idle connections; in-flight requests go on."""
 
@@ -118,7 +122,9 @@ async def run(
         return settings_info(server.settings.model_dump(), server.mode, __version__)
 
     registry = make_registry(SidecarCollector(server.stats, server.gauges, info))
-    admin = AdminServer(registry, server.readiness)
+    admin = AdminServer(
+        registry, server.readiness, server.begin_drain, lambda: server.settings.drain_token
+    )
     settings = server.settings
     try:
         await admin.start(settings.metrics_host, settings.metrics_port)

@@ -71,13 +71,16 @@ class ProxyCore:
         self.admission: Admission[Exchange] = Admission(settings, self.stats, loop.time, _wake)
         self.idle: Deadlines[Connection] = Deadlines()
         self.heads: Deadlines[Connection] = Deadlines()
+        self.bodies: Deadlines[Connection] = Deadlines()  # bodies read before admission
+        self.sending: Deadlines[Connection] = Deadlines()  # clients not reading their response
         self.connections: set[Connection] = set()
         self.pool = UpstreamPool(loop, settings, *settings.upstream_address)
         self.keep_alive_end = http1.keep_alive_end(settings.timeout_keep_alive)
         self.listener: socket.socket | None = None
         self.effective_backlog = settings.backlog
         self.ready = False
-        self.stopping = False  # the listener closed: every response closes its connection
+        self.stopping = False  # the listener closed
+        self.close_after_response = False  # draining or stopping: no connection is kept
         self.all_closed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._accepting = False
@@ -117,12 +120,28 @@ class ProxyCore:
         assert self.listener is not None
         self.effective_backlog = measure_backlog(self.listener, self.settings.backlog)
 
+    def begin_drain(self, seconds: float) -> None:
+        """The Pod is going away (its preStop hook called /drain): turn unready and close
+        every connection after its next response, so that clients (a kept-alive connection
+        to a ClusterIP stays on its Pod) reconnect to other Pods; new connections are still
+        served, since endpoints take a moment to update.  Connections still idle when the
+        drain ends are closed then: closing them at once would race the clients that reuse
+        them that instant (resets); by the end, a busy client has been told to reconnect."""
+        log.info("preStop drain: readiness is now 503, connections close after a response")
+        self.ready = False
+        self.close_after_response = True
+        self.loop.call_later(seconds, self._close_idle)
+
+    def _close_idle(self) -> None:
+        while (conn := self.idle.pop_oldest()) is not None:
+            conn.close("shutdown")
+
     def stop_accepting(self) -> None:
         """Stop accepting, close idle connections, make every response close its connection."""
         self._pause_accepting()
         if self.listener is not None:
             self.listener.close()
-        self.stopping = True
+        self.stopping = self.close_after_response = True
         self.pool.stopping = True
         while (conn := self.idle.pop_oldest()) is not None:
             conn.close("shutdown")
@@ -159,6 +178,10 @@ class ProxyCore:
             self.idle.unordered(now + old.timeout_keep_alive)
         if new.header_timeout < old.header_timeout:
             self.heads.unordered(now + old.header_timeout)
+        if new.body_timeout < old.body_timeout:
+            self.bodies.unordered(now + old.body_timeout)
+        if new.send_timeout < old.send_timeout:
+            self.sending.unordered(now + old.send_timeout)
         if new.upstream_timeout < old.upstream_timeout:
             self.pool.awaiting.unordered(now + old.upstream_timeout)
         self.keep_alive_end = http1.keep_alive_end(new.timeout_keep_alive)
@@ -189,6 +212,18 @@ class ProxyCore:
     def head_read(self, conn: Connection) -> None:
         self.heads.discard(conn)
 
+    def reading_body(self, conn: Connection) -> None:
+        self.bodies.add(conn, self.loop.time() + self.settings.body_timeout)
+
+    def body_read(self, conn: Connection) -> None:
+        self.bodies.discard(conn)
+
+    def send_stalled(self, conn: Connection) -> None:
+        self.sending.add(conn, self.loop.time() + self.settings.send_timeout)
+
+    def send_resumed(self, conn: Connection) -> None:
+        self.sending.discard(conn)
+
     def went_idle(self, conn: Connection) -> None:
         self.idle.add(conn, self.loop.time() + self.settings.timeout_keep_alive)
         if not self._accepting and not self.stopping:
@@ -199,6 +234,8 @@ class ProxyCore:
         self.connections.discard(conn)
         self.idle.discard(conn)
         self.heads.discard(conn)
+        self.bodies.discard(conn)
+        self.sending.discard(conn)
         if not self._accepting and not self.stopping:
             self._resume_accepting()
         self._check_all_closed()
@@ -276,6 +313,10 @@ class ProxyCore:
         try:
             for conn in self.heads.pop_expired(now):
                 conn.timed_out_waiting_header()
+            for conn in self.bodies.pop_expired(now):
+                conn.timed_out_waiting_body()
+            for conn in self.sending.pop_expired(now):
+                conn.abort("send_timeout")
             for conn in self.idle.pop_expired(now):
                 conn.close("idle_timeout")
             for ex in self.admission.expire(now):

@@ -68,6 +68,27 @@ class SidecarLimits(BaseModel):
             " clients (slowloris) get 408 and the connection is closed."
         ),
     )
+    body_timeout: Seconds = Field(
+        default=10.0,
+        description=(
+            "Seconds from the end of a request's head until its body has arrived, or its"
+            " first 16 KiB when it is larger (then the rest streams to the application)."
+            " A request is sent to the application, and takes a concurrency slot, only once"
+            " that much arrived, so slow uploads (R-U-Dead-Yet) hold no slot; slower clients"
+            " get 408 and the connection is closed. Requests with Expect: 100-continue are"
+            " sent at once instead. Proxy mode (in serve mode uvicorn reads bodies)."
+        ),
+    )
+    send_timeout: Seconds = Field(
+        default=30.0,
+        description=(
+            "Seconds a client may leave a response unread: while the sidecar's write buffer"
+            " for the connection stays full (64 KiB waiting for the client), the deadline"
+            " runs; then the connection is closed and its application request aborted, which"
+            " frees its slot (slow-read attacks). Lower it where slow readers matter more than"
+            " clients below about 2 KB/s. Proxy mode (in serve mode uvicorn writes responses)."
+        ),
+    )
     limit_concurrency: int | None = Field(
         default=100,
         ge=1,
@@ -214,6 +235,14 @@ class SidecarSettings(SidecarLimits):
         ge=1,
         le=65535,
         description="Port serving /metrics, /healthz and /readyz; never subject to limits.",
+    )
+    drain_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description=(
+            "Required in the X-Drain-Token header of GET /drain on the metrics port (the"
+            " app container's preStop hook); null: /drain needs no token."
+        ),
     )
 
     @field_validator("upstream")

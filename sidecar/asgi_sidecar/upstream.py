@@ -108,7 +108,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if ex.finished:
             return
-        if self.state == _UNTIL_CLOSE:
+        if self.state == _UNTIL_CLOSE and exc is None:
+            # The app's close ends this body; a reset instead means it was cut short.
             self.state = _DONE
             self.exchange = None
             client.finish(ex)
@@ -274,15 +275,22 @@ class UpstreamConnection(asyncio.Protocol):
                 self._broken(ex, str(exc))
                 return None
             rest = buffer[end + 4 :]
-            if head.status == 101 and ex.upgrade:
+            if head.status == 101:
+                if not ex.upgrade:
+                    self._broken(ex, "101 Switching Protocols to a request without Upgrade")
+                    return None
                 self.buffer = b""
                 self.state = _TUNNEL
                 self.reusable = False
                 client.response_body(self._head(ex, head, False))
                 client.start_tunnel(ex, self)
                 return rest or None
-            if 100 <= head.status < 200:
-                client.response_body(self._head(ex, head, False))
+            if head.status < 200:
+                # Informational (100, 103): forwarded, except to an HTTP/1.0 client, which
+                # must never get one (RFC 9110 15.2); the final head is still awaited
+                # within upstream_timeout.
+                if not ex.http10:
+                    client.response_body(client.response_head(ex, head, False))
                 buffer = rest
                 continue
             break
@@ -293,6 +301,10 @@ class UpstreamConnection(asyncio.Protocol):
             ex.keep_alive = False  # the refused upgrade left the client's parser behind
         has_body = not (ex.method == b"HEAD" or head.status in (204, 304))
         if not has_body:
+            if rest:
+                # Bytes after a head that ends its response: the app's framing and ours
+                # disagree, and the next response on this connection would start with them.
+                self.reusable = False
             client.response_body(self._head(ex, head, False))
             self._complete(ex)
             return None

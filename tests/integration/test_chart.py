@@ -95,11 +95,12 @@ def rules(role: dict[str, Any]) -> list[tuple[str, str, tuple[str, ...]]]:
 NAMESPACED_RULES = [
     ("", "configmaps", ("list", "watch", "create", "patch")),
     ("", "events", ("create",)),
-    ("", "pods", ("list", "watch")),
+    ("", "pods", ("list", "watch", "patch")),
     ("", "services", ("list", "watch", "create", "patch")),
     ("apps", "deployments", ("get", "list", "watch", "create", "patch")),
     ("asgi.dev", "asgiservers", ("get", "list", "watch", "patch")),
     ("asgi.dev", "asgiservers/status", ("patch",)),
+    ("policy", "poddisruptionbudgets", ("create", "patch", "delete")),
 ]
 CRDS_RULE = ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"))
 
@@ -330,7 +331,9 @@ DROPS = (
     "deployments:watch",
     "services:create",
     "configmaps:patch",
+    "poddisruptionbudgets:patch",  # the sample has two replicas, so it gets a budget
     "pods",
+    "pods:patch",  # the sample's Pods run (kwok), so their ConfigMap refresh is nudged
     "customresourcedefinitions",
     "namespaces:list",
 )

@@ -67,6 +67,62 @@ def test_sigterm_unready_then_closes_listener_and_finishes_in_flight(upstream_po
         assert "stopped" in log
 
 
+TOKEN = "0123456789abcdef0123"
+
+
+def drain(sc: Sidecar, seconds: float, token: str | None = TOKEN) -> httpx.Response:
+    headers = {"X-Drain-Token": token} if token is not None else {}
+    url = f"http://127.0.0.1:{sc.metrics_port}/drain?seconds={seconds}"
+    return httpx.get(url, headers=headers, timeout=10)
+
+
+def test_prestop_drain_closes_each_connection_after_its_response(upstream_port, tmp_path):
+    with sidecar(upstream_port, "--drain-token", TOKEN, tmp_path=tmp_path) as sc:
+        reused, unused = Conn(sc.port), Conn(sc.port)
+        assert reused.request("/echo").status == 200
+        assert unused.request("/echo").status == 200
+        busy = Conn(sc.port)
+        busy.send("/slow?s=1")
+        wait_for(lambda: sc.metric("asgi_requests_in_flight") == 1, what="in flight")
+        assert drain(sc, 1, token=None).status_code == 403  # the token is required
+        assert drain(sc, 1, token="wrong-token-wrong-token").status_code == 403
+        assert readyz(sc) == 200  # refused drains changed nothing
+
+        started = time.monotonic()
+        answer = in_background(lambda: drain(sc, 2))
+        wait_for(lambda: readyz(sc) == 503, what="readiness 503 once draining")
+        # A kept-alive connection gets one more response, which closes it: its client
+        # reconnects (to other Pods) without racing a close of an idle connection.
+        response = reused.request("/echo")
+        assert (response.status, response.headers["connection"]) == (200, "close")
+        assert reused.wait_closed(2) is not None
+        # The request in flight is answered, and its connection closes after it.
+        slow = busy.read_response()
+        assert (slow.status, slow.headers["connection"]) == (200, "close")
+        assert busy.wait_closed(2) is not None
+        # New connections are still served (endpoints lag), one response each.
+        late = Conn(sc.port)
+        late_response = late.request("/echo")
+        assert (late_response.status, late_response.headers["connection"]) == (200, "close")
+        assert late.wait_closed(2) is not None
+        # A connection left idle all along is closed when the drain ends.
+        assert unused.is_open()
+        assert unused.wait_closed(5) is not None
+        assert time.monotonic() - started >= 1.9
+        result = answer()
+        assert (result.status_code, result.text) == (200, "drained\n")
+        assert sc.proc.poll() is None  # still running: SIGTERM comes after the hook
+        assert "preStop drain" in sc.log()
+
+
+@pytest.mark.parametrize("query", ["seconds=abc", "seconds=-1", "seconds=301"])
+def test_prestop_drain_refuses_a_bad_duration_and_changes_nothing(upstream_port, tmp_path, query):
+    with sidecar(upstream_port, tmp_path=tmp_path) as sc:
+        url = f"http://127.0.0.1:{sc.metrics_port}/drain?{query}"
+        assert httpx.get(url, timeout=5).status_code == 400
+        assert readyz(sc) == 200
+
+
 def test_graceful_shutdown_timeout_bounds_the_exit(upstream_port, tmp_path):
     with sidecar(upstream_port, "--timeout-graceful-shutdown", "0.5", tmp_path=tmp_path) as sc:
         busy = Conn(sc.port)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.support.kube import Operator, condition, eventually, get
+from asgi_operator.pods import PROXY_CONTAINER
+from tests.support.kube import Operator, apply, condition, eventually, get, server
 from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.timeout(300)
@@ -18,47 +18,12 @@ pytestmark = pytest.mark.timeout(300)
 SAMPLES = ROOT / "samples"
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
-
-
-@pytest.fixture
-def namespace(cluster: Any, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = "t-" + request.node.name.replace("_", "-").lower()[:50].rstrip("-")
-    cluster.kubectl("create", "namespace", name)
-    cluster.wait_for_default_service_account(name)
-    try:
-        yield name
-    finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def apply(cluster: Any, manifest: dict[str, Any] | str, namespace: str) -> Any:
-    text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
-    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=text)
-
-
-def server(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "asgi.dev/v1alpha1",
-        "kind": "AsgiServer",
-        "metadata": {"name": name},
-        "spec": {"image": "example.com/app:1", **spec},
-    }
-
-
 def test_sample_becomes_running_pods_with_matching_settings(cluster, operator, namespace):
     apply(cluster, (SAMPLES / "asgiserver.yaml").read_text(), namespace)
     deployment = eventually(lambda: get(cluster, "deployment", "hello", namespace), what="deploy")
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["sysctls"] == [{"name": "net.core.somaxconn", "value": "4096"}]
-    sidecar = next(c for c in pod["initContainers"] if c["name"] == "asgi-sidecar")
+    sidecar = next(c for c in pod["initContainers"] if c["name"] == PROXY_CONTAINER)
     assert sidecar["restartPolicy"] == "Always"  # a native sidecar on 1.33
     assert sidecar["image"] == "sidecar:test"
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -110,6 +75,33 @@ def test_limits_only_change_goes_live_without_new_pods(cluster, operator, namesp
     after = get(cluster, "deployment", "live", namespace)
     assert after["metadata"]["generation"] == first["metadata"]["generation"]
     assert after["spec"]["template"] == first["spec"]["template"]
+
+
+def test_a_config_change_nudges_the_running_pods_to_refresh_it(cluster, operator, namespace):
+    from asgi_operator.building import CONFIG_HASH_ANNOTATION, config_hash
+
+    apply(cluster, server("nudge", replicas=2), namespace)
+
+    def pods_with(digest: str) -> list[dict[str, Any]]:
+        items = cluster.get_json("pods", "-n", namespace, "-l", "asgi.dev/server=nudge")["items"]
+        marked = [
+            p for p in items
+            if (p["metadata"].get("annotations") or {}).get(CONFIG_HASH_ANNOTATION) == digest
+        ]  # fmt: skip
+        return marked if len(marked) == 2 else []
+
+    first = config_hash(get(cluster, "configmap", "nudge-sidecar", namespace))
+    before = eventually(lambda: pods_with(first), 90, "both running Pods marked")
+    apply(cluster, server("nudge", replicas=2, server={"limitConcurrency": 5}), namespace)
+
+    def changed() -> str:
+        digest = config_hash(get(cluster, "configmap", "nudge-sidecar", namespace))
+        return digest if digest != first else ""
+
+    second = eventually(changed, what="a new ConfigMap")
+    after = eventually(lambda: pods_with(second), what="both Pods marked with the new hash")
+    # The same Pods, updated in place: a nudge, never a restart.
+    assert {p["metadata"]["uid"] for p in after} == {p["metadata"]["uid"] for p in before}
 
 
 def test_backlog_above_somaxconn_rolls_the_pods(cluster, operator, namespace):

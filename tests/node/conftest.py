@@ -1,5 +1,5 @@
 """A real node for the end-to-end tests: the local control plane without kwok's fake node,
-containerd, runc, a CNI bridge and the kubelet (hack/node.py), the project's images
+containerd, runc, a CNI bridge, the kubelet and kube-proxy (hack/node.py), the project's images
 built locally (hack/nodeimages.py), and the operator.  Started once for the directory.
 
 The figures measured here (node start-up, Pod start, ConfigMap propagation, load
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from hack import nodeimages
+from hack import kubeproxy, nodeimages
 from hack.cache import ROOT
 from hack.controlplane import LocalCluster
 from hack.node import LocalNode, missing_requirements
@@ -54,10 +54,7 @@ def node_images(report: dict[str, Any]) -> Path:
 def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     work = tmp_path_factory.mktemp("node-cluster")
     with LocalCluster(work, fake_node=False) as cluster:
-        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "crd/asgiservers.asgi.dev", "--timeout=30s"
-        )
+        cluster.install_crds(ROOT / "crds")
         yield cluster
 
 
@@ -72,6 +69,8 @@ def node(
     with LocalNode(node_cluster, work, node_images, bridge=BRIDGE, subnet=SUBNET) as running:
         report["node"] = {k: round(v, 2) for k, v in running.timings.items()}
         yield running
+    # kube-proxy's iptables rules go with the node (LocalNode.stop raises if it cannot)
+    assert kubeproxy.leftover_rules() == []
 
 
 @pytest.fixture(scope="session")

@@ -6,5 +6,8 @@
 - ``processes``: the upstream app and the sidecar as processes (``hack.supervisor``);
 - ``kube``: the operator as a process, ConfigMap polling, reading objects on the local
   control plane (``hack.controlplane``);
+- ``servers``: the ASGI servers of the interop matrix (uvicorn, hypercorn, daphne, granian)
+  as processes, with their default idle timeouts;
+- ``recording``: the test app behind a recorder of each request as the upstream read it;
 - ``netns``: network namespaces; ``apps``, ``kmockapi``, ``endpointload``, ``promtool``.
 """

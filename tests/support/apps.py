@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 STATE: dict[str, Any] = {"cancelled": 0, "active": 0}
+# /stream waits here between pieces, one item per /release with the same key.
+RELEASES: dict[str, asyncio.Queue[None]] = {}
+RELEASE_TIMEOUT = 30.0  # a stream whose test went away ends instead of waiting forever
 
 
 async def _read_body(receive: Any) -> tuple[int, bytes]:
@@ -81,6 +86,31 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
             sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/fixed":
+        # A body of n bytes with a Content-Length, sent in 64 KiB pieces.
+        total = int(query.get("n", "0"))
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(total).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for start in range(0, total, 65536):
+            chunk = b"f" * min(65536, total - start)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/stream":
+        # n pieces; each after the first waits for a /release?key= of the same key, so a test
+        # sees whether a piece reached it before the app was allowed to write the next one.
+        await _read_body(receive)
+        queue = RELEASES.setdefault(query.get("key", ""), asyncio.Queue())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for n in range(int(query.get("n", "3"))):
+            if n:
+                await asyncio.wait_for(queue.get(), RELEASE_TIMEOUT)
+            body = f"piece {n}\n".encode()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/release":
+        await _read_body(receive)
+        RELEASES.setdefault(query.get("key", ""), asyncio.Queue()).put_nowait(None)
+        await _respond(send, 200, b"released")
     elif path == "/cpu":
         # CPU-bound work of a known cost: the app's capacity is 1000 / ms requests/s.
         await _read_body(receive)
@@ -90,6 +120,10 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         await _respond(send, 200, b"cpu done")
     elif path == "/stats":
         await _respond(send, 200, json.dumps(STATE).encode())
+    elif path == "/hostname":
+        # In a Pod the hostname is the Pod's name: behind a Service, which Pod answered.
+        await _read_body(receive)
+        await _respond(send, 200, socket.gethostname().encode())
     else:
         await _read_body(receive)
         await _respond(send, 200, b"hello")
@@ -104,3 +138,11 @@ async def _websocket(receive: Any, send: Any) -> None:
         if message["type"] == "websocket.disconnect":
             return
         await send({"type": "websocket.send", "text": "echo:" + (message.get("text") or "")})
+
+
+def uvicorn_command(port: int) -> list[str]:
+    """A container command running ``app`` on uvicorn from this module's own source, for an
+    image that has uvicorn but not the tests (the real node's demo image, tests/node).
+    So this module imports nothing but the standard library."""
+    run = f"\nimport uvicorn\nuvicorn.run(app, host='0.0.0.0', port={port}, log_level='warning')\n"
+    return ["python3", "-c", Path(__file__).read_text() + run]

@@ -1,7 +1,11 @@
 """Load that follows a Service's ready endpoints, as an ingress controller or a load
 balancer does: every request goes to one of the addresses the EndpointSlices list as
 ready right now, over keep-alive connections that are dropped when their endpoint
-leaves the list.  Bounded in time and in requests.
+leaves the list.  Bounded in time and in requests.  Given one fixed address (a
+ClusterIP), it is a client of the Service, as an application in the cluster is.
+
+A kept-alive connection the server has closed meanwhile (its FIN has arrived) is not
+reused but replaced, as urllib3 and httpcore do; ``closed_idle`` counts them.
 
 Every response is classified: 2xx, a designed 503 (one that carries ``Retry-After``,
 from the sidecar's concurrency limit), or a failure (any other status, a reset, a
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import select
 import threading
 import time
 from collections import Counter
@@ -25,6 +30,9 @@ class LoadResult:
     designed_503: int = 0
     failures: list[str] = field(default_factory=list)
     by_endpoint: Counter[str] = field(default_factory=Counter)
+    # successful responses by ``served_by`` (which Pod answered, say), when given
+    by_server: Counter[str] = field(default_factory=Counter)
+    closed_idle: int = 0
 
     @property
     def total(self) -> int:
@@ -41,9 +49,12 @@ class EndpointLoad:
         seconds: float = 120.0,
         max_requests: int = 200_000,
         poll: float = 0.5,
+        served_by: Callable[[bytes], str] | None = None,
     ) -> None:
-        """``endpoints`` returns the ready addresses; it is polled every ``poll`` s."""
+        """``endpoints`` returns the ready addresses; it is polled every ``poll`` s.
+        ``served_by`` names the server of a successful response from its body."""
         self.endpoints, self.port, self.path = endpoints, port, path
+        self.served_by = served_by
         self.clients, self.seconds, self.max_requests, self.poll = (
             clients, seconds, max_requests, poll
         )  # fmt: skip
@@ -80,10 +91,12 @@ class EndpointLoad:
             with self._lock:
                 self._ready = ready
 
-    def _record(self, endpoint: str, outcome: str | None, ok: bool) -> bool:
+    def _record(self, endpoint: str, outcome: str | None, ok: bool, body: bytes = b"") -> bool:
         with self._lock:
             if ok:
                 self.result.ok += 1
+                if self.served_by is not None:
+                    self.result.by_server[self.served_by(body)] += 1
             elif outcome is None:
                 self.result.designed_503 += 1
             else:
@@ -106,6 +119,11 @@ class EndpointLoad:
                     continue
                 endpoint = ready[next(counter) % len(ready)]
                 conn = conns.get(endpoint)
+                if conn is not None and _closed_by_server(conn):
+                    conns.pop(endpoint).close()
+                    conn = None
+                    with self._lock:
+                        self.result.closed_idle += 1
                 if conn is None:
                     conn = conns[endpoint] = http.client.HTTPConnection(
                         endpoint, self.port, timeout=10
@@ -113,7 +131,7 @@ class EndpointLoad:
                 try:
                     conn.request("GET", self.path)
                     response = conn.getresponse()
-                    response.read()
+                    body = response.read()
                 except (OSError, http.client.HTTPException) as exc:
                     conns.pop(endpoint).close()
                     more = self._record(endpoint, f"{type(exc).__name__}: {exc}", False)
@@ -122,7 +140,7 @@ class EndpointLoad:
                         conns.pop(endpoint).close()
                     status = response.status
                     if 200 <= status < 300:
-                        more = self._record(endpoint, None, True)
+                        more = self._record(endpoint, None, True, body)
                     elif status == 503 and response.getheader("Retry-After"):
                         more = self._record(endpoint, None, False)
                     else:
@@ -132,3 +150,12 @@ class EndpointLoad:
         finally:
             for conn in conns.values():
                 conn.close()
+
+
+def _closed_by_server(conn: http.client.HTTPConnection) -> bool:
+    """An idle kept-alive connection is readable only when the server closed it (or broke
+    the protocol): it is not worth sending on."""
+    if conn.sock is None:
+        return False
+    readable, _, _ = select.select([conn.sock], [], [], 0)
+    return bool(readable)

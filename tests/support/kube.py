@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hack import operatorproc
 from hack.supervisor import stop
 from tests.support import waiting
@@ -32,6 +34,22 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str = "") 
 def get(cluster: Any, kind: str, name: str, namespace: str) -> dict[str, Any]:
     result: dict[str, Any] = cluster.get_json(kind, name, "-n", namespace)
     return result
+
+
+def apply(cluster: Any, manifest: dict[str, Any] | str, namespace: str) -> Any:
+    """``kubectl apply`` of a manifest (a dict or YAML text) into ``namespace``."""
+    text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=text)
+
+
+def server(name: str, **spec: Any) -> dict[str, Any]:
+    """An AsgiServer named ``name`` with an image and the given spec fields."""
+    return {
+        "apiVersion": "asgi.dev/v1alpha1",
+        "kind": "AsgiServer",
+        "metadata": {"name": name},
+        "spec": {"image": "example.com/app:1", **spec},
+    }
 
 
 def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:

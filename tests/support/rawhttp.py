@@ -126,6 +126,17 @@ class RawClient:
             response.body, self.buffer = self.buffer, b""
         return response
 
+    def read_chunk(self) -> bytes:
+        """The data of the next chunk of a chunked body (b"" for the last one, trailers read)."""
+        size = int(self._take_line().split(b";")[0], 16)
+        if size == 0:
+            while self._take_line():
+                pass
+            return b""
+        data = self._take(size)
+        self._take(2)
+        return data
+
     def is_closed(self, timeout: float = 3.0) -> bool:
         """True if the peer closes the connection (EOF or reset) within ``timeout``.
 

@@ -22,6 +22,7 @@ PURE_MODULES = [
     "stats",
     "tracking",
     "http1",
+    "refusing",
     "framing",
     "metrics",
     "adapting",

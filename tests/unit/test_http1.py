@@ -9,14 +9,8 @@ from asgi_sidecar.framing import (
     parse_response_head,
     response_has_body,
 )
-from asgi_sidecar.http1 import (
-    BadTransferEncodingError,
-    HeaderTooLargeError,
-    RequestHead,
-    client_head,
-    input_refusal,
-    simple_response,
-)
+from asgi_sidecar.http1 import RequestHead, client_head, simple_response
+from asgi_sidecar.refusing import BadTransferEncodingError, HeaderTooLargeError, input_refusal
 
 
 def test_parse_drops_hop_by_hop_and_reads_framing():

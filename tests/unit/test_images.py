@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from asgi_operator.building import SIDECAR_USER
 from asgi_operator.cli import build_parser
 from asgi_operator.config import OperatorSettings
 from asgi_operator.models import AsgiServerSpec
+from asgi_operator.pods import SIDECAR_USER
 from asgi_sidecar.settings import SidecarSettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -56,8 +56,8 @@ def test_base_key_follows_the_dependencies():
 
 
 def test_images_run_as_the_operators_sidecar_user_and_match_its_default():
-    from asgi_operator.building import SIDECAR_USER
     from asgi_operator.config import DEFAULT_SIDECAR_IMAGE
+    from asgi_operator.pods import SIDECAR_USER
 
     assert f"{SIDECAR_USER}:{SIDECAR_USER}" == nodeimages.IMAGE_USER
     assert f"docker.io/{DEFAULT_SIDECAR_IMAGE}" == nodeimages.SIDECAR_IMAGE

@@ -202,10 +202,17 @@ dropping any one rule breaks the operator).
 - apiGroups: [""]
   resources: [services, configmaps]
   verbs: [list, watch, create, patch]
-# Pods: readiness, sysctl failures, and the Pod IPs the autotuner scrapes.
+# The optional PodDisruptionBudget (spec.disruptionBudget), applied like the others, and
+# deleted when it is turned off or the replicas drop to one.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [create, patch, delete]
+# Pods: readiness, sysctl failures, and the Pod IPs the autotuner scrapes; patched with the
+# annotation asgi.dev/config-hash, which makes each kubelet refresh the sidecar's ConfigMap
+# at once instead of on its periodic sync (about a minute).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch]
+  verbs: [list, watch, patch]
 # Warning Events on AsgiServers (the operator's and kopf's own).
 - apiGroups: [""]
   resources: [events]

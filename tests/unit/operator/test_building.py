@@ -58,7 +58,7 @@ def test_old_kubernetes_gets_an_ordinary_sidecar_container():
     spec = AsgiServerSpec(image="x")
     deployment = build_children(OWNER, spec, BuildOptions("s", native_sidecars=False))[2]
     pod = deployment["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["containers"]] == ["asgi-sidecar", "app"]
+    assert [c["name"] for c in pod["containers"]] == ["proxy", "app"]
     assert "initContainers" not in pod
 
 
@@ -115,3 +115,65 @@ def test_termination_grace_covers_drain_and_graceful_shutdown():
     assert sidecar["securityContext"]["runAsNonRoot"] is True
     assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
     assert sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def budget(spec: dict, current_replicas: int | None = None) -> dict | None:
+    from asgi_operator.building import build_disruption_budget
+
+    options = BuildOptions(sidecar_image="s:1", current_replicas=current_replicas)
+    built = build_disruption_budget(OWNER, AsgiServerSpec.model_validate(spec), options)
+    return None if built is None else built["spec"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "current", "expected"),
+    [
+        ({"replicas": 1}, None, None),  # one Pod: a budget would only block drains
+        ({"replicas": 3}, None, {"maxUnavailable": 1}),
+        ({}, None, None),  # unset and no Deployment yet
+        ({}, 4, {"maxUnavailable": 1}),  # an autoscaler runs four
+        ({"replicas": 3, "disruptionBudget": {"enabled": False}}, None, None),
+        ({"replicas": 1, "disruptionBudget": {"enabled": True}}, None, {"maxUnavailable": 1}),
+        (
+            {"replicas": 4, "disruptionBudget": {"minAvailable": "50%"}},
+            None,
+            {"minAvailable": "50%"},
+        ),
+        ({"replicas": 4, "disruptionBudget": {"maxUnavailable": 2}}, None, {"maxUnavailable": 2}),
+    ],
+)
+def test_disruption_budget_defaults_to_one_pod_at_a_time_with_more_than_one(
+    spec, current, expected
+):
+    built = budget({"image": "a:1", **spec}, current)
+    if expected is None:
+        assert built is None
+    else:
+        assert built == {**expected, "selector": {"matchLabels": {"asgi.dev/server": "api"}}}
+
+
+@pytest.mark.parametrize("bad", [{"minAvailable": "150%"}, {"maxUnavailable": "one"}])
+def test_disruption_budget_refuses_what_is_neither_a_count_nor_a_percentage(bad):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        AsgiServerSpec.model_validate({"image": "a:1", "disruptionBudget": bad})
+
+
+def test_only_running_pods_with_another_config_hash_are_nudged():
+    from asgi_operator.building import CONFIG_HASH_ANNOTATION, pods_to_nudge
+
+    def pod(name: str, phase: str, digest: str | None = None, deleting: bool = False) -> dict:
+        meta: dict = {"name": name, "annotations": {CONFIG_HASH_ANNOTATION: digest}}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+        return {"metadata": meta, "status": {"phase": phase}}
+
+    pods = [
+        pod("stale", "Running", "old"),
+        pod("unmarked", "Running"),
+        pod("current", "Running", "new"),
+        pod("pending", "Pending", "old"),
+        pod("going", "Running", "old", deleting=True),
+    ]
+    assert pods_to_nudge(pods, "new") == ["stale", "unmarked"]

@@ -50,7 +50,14 @@ def test_crd_shape():
     version = document["spec"]["versions"][0]
     assert document["metadata"]["name"] == "asgiservers.asgi.dev"
     assert document["spec"]["names"]["shortNames"] == ["asgi"]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
     assert columns == ["Ready", "Mode", "Concurrency", "Backlog", "KeepAlive", "Age"]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
@@ -79,7 +86,8 @@ def test_status_schema_comes_from_the_status_model_and_keeps_nothing_unknown():
     assert check_descriptions(status, "status") == []
     assert "x-kubernetes-preserve-unknown-fields" not in yaml.safe_dump(status)
     assert set(status["properties"]) == {
-        "observedGeneration", "conditions", "effective", "replicas", "readyReplicas", "tuning",
+        "observedGeneration", "conditions", "effective", "replicas", "readyReplicas", "selector",
+        "tuning",
     }  # fmt: skip
     for path, node in walk(status, "status"):
         assert "default" not in node, path  # the operator writes all of it
@@ -99,3 +107,30 @@ def test_tuned_values_are_spelled_as_the_sidecar_spells_them():
     aliases = {f.alias for f in SidecarSettings.model_fields.values()}
     assert set(current) <= aliases
     assert {"limitConcurrency", "timeoutKeepAlive", "backlog"} <= set(current)
+
+
+def test_pod_template_is_kubernetes_own_schema_made_structural():
+    template = spec_schema()["properties"]["podTemplate"]
+    pod = template["properties"]["spec"]["properties"]
+    containers = pod["containers"]
+    assert containers["x-kubernetes-list-map-keys"] == ["name"]
+    assert "image" in containers["items"]["properties"]
+    assert "ephemeralContainers" not in pod  # a Pod cannot be created with them
+    text = yaml.safe_dump(template)
+    for left_out in ("$ref", "allOf", "oneOf", "x-kubernetes-patch", "int-or-string\n"):
+        assert left_out not in text
+    resources = containers["items"]["properties"]["resources"]["properties"]
+    assert resources["limits"]["additionalProperties"] == {"x-kubernetes-int-or-string": True}
+    assert set(template["properties"]["metadata"]["properties"]) == {"labels", "annotations"}
+
+
+def test_generated_merge_keys_are_kubernetes_strategic_merge_keys():
+    from asgi_operator import podschema
+
+    keys = podschema.load()["mergeKeys"]
+    assert keys["spec.containers"] == "name"
+    assert keys["spec.initContainers[].env"] == "name"
+    assert keys["spec.containers[].ports"] == "containerPort"
+    assert keys["spec.containers[].volumeMounts"] == "mountPath"
+    assert keys["spec.volumes"] == "name"
+    assert not any(path.startswith("metadata") for path in keys)

@@ -103,8 +103,8 @@ def test_status_carries_effective_settings():
 
 
 def test_changes_say_what_moved_in_words():
-    from asgi_operator.models import AsgiServerStatus
     from asgi_operator.statusing import changes
+    from asgi_operator.statusmodels import AsgiServerStatus
 
     before = build_status(SPEC, Observed(1, deployment(ready=1)), 4096, "t1")
     after = build_status(

@@ -6,9 +6,10 @@ import logging
 from asgi_operator.autotuning import _resumed, tuned_values
 from asgi_operator.building import Owner, build_config_map, sidecar_settings, tuned_spec
 from asgi_operator.handlers import QuietSuccesses
-from asgi_operator.models import AsgiServerSpec, AsgiServerStatus, TunedSettings
+from asgi_operator.models import AsgiServerSpec
 from asgi_operator.observations import BACKLOG, KEEP_ALIVE, LIMIT
 from asgi_operator.statusing import Observed, Tuned, Verdict, build_status
+from asgi_operator.statusmodels import AsgiServerStatus, TunedSettings
 from asgi_operator.tuning import Decision
 from asgi_sidecar.settings import SidecarSettings
 
