@@ -27,7 +27,7 @@ from asgi_operator.building import SELECTOR_LABEL, current_somaxconn
 from asgi_operator.kube import Kube, timestamp
 from asgi_operator.models import AsgiServerSpec, SysctlMode
 from asgi_operator.observations import LIMIT, setting_alias
-from asgi_operator.observing import Snapshot, observe
+from asgi_operator.observing import Snapshot, not_yet_live, observe
 from asgi_operator.scraping import (
     load_address_map,
     query_prometheus,
@@ -47,6 +47,9 @@ from asgi_operator.tuning import WINDOW, Bounds, Change, Current, Decision, Obse
 log = logging.getLogger("asgi_operator.autotune")
 
 KEEP_DECISIONS = 10
+# At most this long (or two intervals) the tuner waits for a decision to show in the
+# Pods' scrapes before it decides again; the kubelet is nudged, so it takes seconds.
+APPLY_TIMEOUT = 60.0
 
 
 class TuningMetrics:
@@ -79,6 +82,8 @@ class TunerState:
     past: list[tuple[int, Change]] = field(default_factory=list)
     rounds: int = 0
     next_due: float = 0.0
+    # Since when the last decision waits to show in the Pods' scrapes (None: nothing waits).
+    applying_since: float | None = None
 
 
 def bounds_of(spec: AsgiServerSpec) -> Bounds:
@@ -209,6 +214,12 @@ class Autotuner:
                     0, 0.0, 0.0, None, stale=f"{len(missing)} of {len(scraped)} Pods unreadable"
                 )
         state.last_round = round_
+        if (
+            state.applying_since is not None
+            and round_
+            and self._applying(state, before, spec, round_)
+        ):
+            return False
         if observation is None:
             self._report(state, before, Verdict("Unknown", "Collecting",
                          "first round of metrics read; deciding from the next one"))  # fmt: skip
@@ -264,9 +275,43 @@ class Autotuner:
                 "decisions": [*before.decisions, *records][-KEEP_DECISIONS:],
             }
         )
+        if decision.changes:
+            state.applying_since = time.monotonic()
         message = "; ".join(c.reason for c in decision.changes) or "; ".join(decision.notes)
         self._report(state, tuning, Verdict("True", "Tuning", message or "holding"))
         return current_values != before.current
+
+    def _applying(
+        self,
+        state: TunerState,
+        tuning: Tuning,
+        spec: AsgiServerSpec,
+        round_: dict[str, Snapshot],
+    ) -> bool:
+        """Whether the last decision is still on its way to the Pods (then no new one).
+
+        A decision is judged only once every Pod runs it, or after ``APPLY_TIMEOUT``
+        (a Pod that never reloads should not freeze tuning); the round in which it shows
+        only starts a clean interval, measured wholly with the new values.
+        """
+        assert state.applying_since is not None
+        current = tuning.current
+        bounds = None
+        if spec.adaptive_limit() and current.adaptive_max is not None:
+            bounds = (current.adaptive_min or 1, current.adaptive_max)
+        behind = not_yet_live(round_, current.limit_concurrency, current.timeout_keep_alive, bounds)
+        waited = time.monotonic() - state.applying_since
+        if behind and waited < max(APPLY_TIMEOUT, 2 * spec.autotune.interval_seconds):
+            self._report(state, tuning, Verdict("True", "Applying",
+                         f"waiting for {len(behind)} Pods to run the last decision"))  # fmt: skip
+            return True
+        if behind:
+            log.warning("%d Pods still not running the tuned values after %.0fs: %s",
+                        len(behind), waited, ", ".join(behind))  # fmt: skip
+        state.applying_since = None
+        self._report(state, tuning, Verdict("True", "Applied",
+                     f"the last decision runs in the Pods after {waited:.1f}s"))  # fmt: skip
+        return True
 
     @staticmethod
     def _report(state: TunerState, tuning: Tuning, verdict: Verdict) -> None:

@@ -242,3 +242,28 @@ def _sum_buckets(all_buckets: list[Buckets]) -> Buckets:
         for bound, count in buckets:
             totals[bound] = totals.get(bound, 0.0) + count
     return tuple(sorted(totals.items()))
+
+
+def not_yet_live(
+    round_: Mapping[str, Snapshot],
+    limit: int | None,
+    keep_alive: float | None,
+    adaptive_bounds: tuple[int, int] | None = None,
+) -> list[str]:
+    """The Pods whose scrape does not show the tuned values yet (sorted).
+
+    ``limit`` and ``keep_alive`` are the targets (None: not tuned); with the adaptive
+    limit on, its limit moves by itself, so a Pod runs the target when its limit lies
+    within ``adaptive_bounds``.
+    """
+    behind = []
+    for pod, snap in round_.items():
+        if adaptive_bounds is not None:
+            low, high = adaptive_bounds
+            limit_ok = snap.limit is not None and low <= snap.limit <= high
+        else:
+            limit_ok = limit is None or snap.limit == limit
+        keep_ok = keep_alive is None or math.isclose(snap.keep_alive, keep_alive)
+        if not (limit_ok and keep_ok):
+            behind.append(pod)
+    return sorted(behind)

@@ -32,7 +32,9 @@ class FrontConnection(RequestReader):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed:
+        self._stop_lingering()
+        client_first = not self.closed  # else close() counted the sidecar's reason
+        if client_first:
             self.closed = True
             if not self.close_reason:
                 self.close_reason = "client_error" if exc is not None else "client_closed"
@@ -47,7 +49,8 @@ class FrontConnection(RequestReader):
         if self.tunnel is not None:
             self.tunnel.close()
             self.tunnel = None
-        self.core.closed(self, self.close_reason)
+        if client_first:
+            self.core.closed(self, self.close_reason)
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -30,6 +30,7 @@ BODY_BUFFER_LIMIT: Final = 256 * 1024  # request body bytes held before reading 
 # that sends it slowly ties up a connection (until body_timeout), not the application.
 BODY_ADMIT_BYTES: Final = 16 * 1024
 PIPELINE_LIMIT: Final = 16  # pipelined requests waiting their turn before reading pauses
+LINGER_SECONDS: Final = 2.0  # a closed connection's input is read and dropped this long
 
 
 class RequestReader(asyncio.Protocol):
@@ -51,6 +52,7 @@ class RequestReader(asyncio.Protocol):
         "idle_since",
         "in_head",
         "line_open",
+        "lingering",
         "parser",
         "parsing",
         "paused",
@@ -88,6 +90,7 @@ class RequestReader(asyncio.Protocol):
         self.upgrade_rest = b""
         self.upgrading = False
         self.feeding = False
+        self.lingering: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -283,18 +286,38 @@ class RequestReader(asyncio.Protocol):
             self._refuse_current(ex, status, reason)
 
     def close(self, reason: str) -> None:
+        """Close after what was written: a lingering close (RFC 9112 9.6).
+
+        The write side is shut (FIN after the response), then what the client still
+        sends is read and dropped for up to ``LINGER_SECONDS``, until it closes too.
+        Closing at once would make the kernel answer a client still sending its body
+        (a refused upload, say) with a reset that destroys the response it has not read.
+        """
         if self.closed:
             return
         self.closed = True
         self.close_reason = reason
-        assert self.transport is not None
-        self.transport.close()
-        self.core.closing(self)
+        transport = self.transport
+        assert transport is not None
+        if self.tunnel is None and transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()
+            if not transport.is_reading():
+                transport.resume_reading()  # data_received drops what comes now
+            self.lingering = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+        self.core.closed(self, reason)  # counted now: the client may take a while to go
 
     def abort(self, reason: str) -> None:
         self.close(reason)
         assert self.transport is not None
         self.transport.abort()
+        self._stop_lingering()
+
+    def _stop_lingering(self) -> None:
+        if self.lingering is not None:
+            self.lingering.cancel()
+            self.lingering = None
 
     def timed_out_waiting_header(self) -> None:
         """Slow client: 408 and close."""

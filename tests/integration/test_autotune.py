@@ -8,9 +8,11 @@ sidecar's config file, as a mounted ConfigMap volume would.
 
 from __future__ import annotations
 
+import itertools
 import json
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,11 @@ def test_the_operator_tunes_a_live_sidecar_through_its_configmap(cluster, tuned_
             assert "asgi_operator_tuning_decisions_total{" in text
             assert 'setting="limitConcurrency"' in text
             runner.join(timeout=60)
+            # No decision comes before the last one is live and one clean interval was
+            # measured with it: at least two 5 s rounds apart.
+            times = [datetime.fromisoformat(d["time"]) for d in decided()]
+            gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+            assert all(gap >= 9 for gap in gaps), gaps
 
         # The sidecar is gone: stale metrics freeze tuning and keep the settings.
         def frozen() -> dict[str, Any]:

@@ -306,3 +306,24 @@ def test_burst_of_bad_clients_leaves_good_clients_and_the_process_unharmed(app_p
         assert sc.metric("asgi_requests_in_flight") == 0
         assert sc.metric("asgi_upstream_connections", 'state="active"') == 0
         assert "Traceback" not in sc.log()
+
+
+def test_a_refused_upload_still_sending_gets_its_response_not_a_reset(sc):
+    """A lingering close: the sidecar shuts its side after the 400 and reads and drops the
+    rest of the body, instead of closing with unread data (the kernel would answer the
+    client's next bytes with a reset, and the client would never see the response)."""
+    import socket
+
+    body = b"x" * (4 * 1024 * 1024)
+    head = f"POST /echo HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()  # no Host
+    with socket.create_connection(("127.0.0.1", sc.port), timeout=10) as sock:
+        sock.sendall(head)
+        readable, _, _ = select.select([sock], [], [], 5)  # the 400 has been sent
+        assert readable
+        sock.sendall(body)  # a client that sends its whole upload before reading
+        data = b""
+        while b"\r\n\r\n" not in data:
+            part = sock.recv(65536)
+            assert part, "closed before a response"
+            data += part
+        assert data.startswith(b"HTTP/1.1 400 ")

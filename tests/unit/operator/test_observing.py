@@ -87,3 +87,20 @@ def test_quantiles_and_shares():
     assert quantile((), 0.5) is None
     gaps = ((45.0, 60.0), (60.0, 80.0), (75.0, 100.0), (float("inf"), 100.0))
     assert share_above(gaps, 48.0) == 0.4  # 40 of 100 reuses came after 45 s
+
+
+def test_a_decision_is_live_once_every_pod_scrapes_its_values():
+    from asgi_operator.observing import Snapshot, not_yet_live
+
+    round_ = {
+        "a": Snapshot(at=1.0, limit=8.0, keep_alive=65.0),
+        "b": Snapshot(at=1.0, limit=16.0, keep_alive=65.0),
+        "c": Snapshot(at=1.0, limit=8.0, keep_alive=75.0),
+    }
+    assert not_yet_live(round_, 8, None) == ["b"]
+    assert not_yet_live(round_, 8, 65.0) == ["b", "c"]
+    assert not_yet_live(round_, None, 65.0) == ["c"]
+    assert not_yet_live(round_, None, None) == []
+    # The adaptive limit moves by itself: within the tuned bounds is live.
+    assert not_yet_live(round_, 8, None, adaptive_bounds=(4, 10)) == ["b"]
+    assert not_yet_live(round_, 8, None, adaptive_bounds=(4, 16)) == []
