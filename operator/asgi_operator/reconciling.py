@@ -78,7 +78,7 @@ def _replicas(deployment: dict[str, Any] | None) -> int | None:
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
     """Whether an apply changed the object: a new spec or data."""
-    if after.get("kind") == "Deployment":  # its status changes all the time
+    if after.get("kind") in ("Deployment", "PodDisruptionBudget"):  # their status moves
         return bool(before["metadata"].get("generation") != after["metadata"].get("generation"))
     return bool(
         before["metadata"].get("resourceVersion") != after["metadata"].get("resourceVersion")
