@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterator
 
 import pytest
 
 from hack.cache import ROOT
 from hack.controlplane import LocalCluster
-from tests.support.kube import Operator
+from tests.support.kube import Operator, own_namespace, running_operator
 
 
 @pytest.fixture(scope="session")
@@ -23,23 +21,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     """The operator as a process, for one test module, against the shared control plane."""
-    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
-    op.start()
-    try:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with running_operator(cluster.kubeconfig, log) as op:
         yield op
-    finally:
-        op.stop()
 
 
 @pytest.fixture
 def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A namespace of the test's own (named after it), deleted afterwards."""
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:44].strip("-")
-    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
-    name = f"t-{slug}-{digest}"  # unique per test and parameter, within 63 characters
-    cluster.kubectl("create", "namespace", name)
-    cluster.wait_for_default_service_account(name)
-    try:
+    """A namespace of the test's own, deleted afterwards."""
+    with own_namespace(cluster, "t", request.node.name, request.node.nodeid) as name:
         yield name
-    finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -20,7 +20,7 @@ from hack import kubeproxy, nodeimages
 from hack.cache import ROOT
 from hack.controlplane import LocalCluster
 from hack.node import LocalNode, missing_requirements
-from tests.support.kube import Operator
+from tests.support.kube import Operator, own_namespace, running_operator
 
 REPORT = ROOT / "bench" / "results" / "node-e2e.json"
 # The tests' own bridge and subnet: `make run-node` uses asgi0 and 10.89.0.0/24.
@@ -78,20 +78,13 @@ def node_operator(
     node: Any, node_cluster: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
     log = tmp_path_factory.mktemp("node-operator") / "operator.log"
-    op = Operator(node_cluster.kubeconfig, log, sidecar_image=nodeimages.SIDECAR_IMAGE)
-    op.start()
-    try:
+    with running_operator(
+        node_cluster.kubeconfig, log, sidecar_image=nodeimages.SIDECAR_IMAGE
+    ) as op:
         yield op
-    finally:
-        op.stop()
 
 
 @pytest.fixture
 def namespace(node_cluster: Any, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = "n-" + request.node.name.replace("_", "-").lower()[:50].rstrip("-")
-    node_cluster.kubectl("create", "namespace", name)
-    node_cluster.wait_for_default_service_account(name)
-    try:
+    with own_namespace(node_cluster, "n", request.node.name, request.node.nodeid) as name:
         yield name
-    finally:
-        node_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

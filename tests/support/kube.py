@@ -4,11 +4,14 @@ objects, waiting through a busy API server, the operator as a process, ConfigMap
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,35 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str = "") 
 def get(cluster: Any, kind: str, name: str, namespace: str) -> dict[str, Any]:
     result: dict[str, Any] = cluster.get_json(kind, name, "-n", namespace)
     return result
+
+
+@contextlib.contextmanager
+def own_namespace(cluster: Any, prefix: str, test_name: str, node_id: str) -> Iterator[str]:
+    """A namespace for one test, named after it, ready for Pods; deleted afterwards.
+
+    The name is ``prefix-<test name>-<digest of its node id>``: unique per test and
+    parameter, and within Kubernetes' 63 characters.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower())[:44].strip("-")
+    digest = hashlib.sha256(node_id.encode()).hexdigest()[:8]
+    name = f"{prefix}-{slug}-{digest}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.wait_for_default_service_account(name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@contextlib.contextmanager
+def running_operator(kubeconfig: Path, log: Path, **options: Any) -> Iterator[Operator]:
+    """The operator as a process for as long as the block runs."""
+    op = Operator(kubeconfig, log, **options)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
 
 
 def apply(cluster: Any, manifest: dict[str, Any] | str, namespace: str) -> Any:
