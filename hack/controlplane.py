@@ -162,7 +162,8 @@ class LocalCluster:
         last-applied annotation) and wait until each is Established.
 
         A large CRD's status is written a moment after the apply, and ``kubectl wait``
-        fails at once while it has no conditions, so this polls them instead.
+        fails at once while it has no conditions, so this polls them instead; then it
+        waits until the schema is published too.
         """
         names = self.kubectl("apply", "--server-side", "-f", str(path), "-o", "name").stdout
         for name in names.split():
@@ -173,6 +174,14 @@ class LocalCluster:
                 return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
             self._wait(f"{name} Established", established, timeout)
+            # Its schema reaches the published OpenAPI (kubectl explain, client-side
+            # validation) a moment after it is Established.
+            resource = name.split("/", 1)[1]
+
+            def published(resource: str = resource) -> bool:
+                return self.kubectl("explain", resource, check=False).returncode == 0
+
+            self._wait(f"{resource} in the OpenAPI", published, timeout)
 
     def wait_for_default_service_account(
         self, namespace: str = "default", timeout: float = TIMEOUT
