@@ -1,8 +1,8 @@
 """Benchmarks of asgi-sidecar against its peers (nginx, plain uvicorn), one Markdown table each.
 
 Usage: ``python -m bench.run all|<scenario>``, a scenario being a key of ``SCENARIOS`` (ceiling,
-app, embedded, overload, idle, operator, autotune, keepalive, slow), from the repository root
-(``make bench``, ``make bench-<name>``).
+app, embedded, overload, idle, operator, autotune, keepalive, slow, admission), from the
+repository root (``make bench``, ``make bench-<name>``).
 
 Every process (nginx with generated configs, uvicorn, the sidecar) is started
 here on free loopback ports, pinned with taskset, and stopped by PID when its
@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import (
+    admission,
     autotune,
     idle,
     keepalive,
@@ -50,6 +51,7 @@ SCENARIOS: dict[str, Scenario] = {
     "autotune": autotune.autotune,
     "keepalive": keepalive.keepalive,
     "slow": slow.slow,
+    "admission": admission.admission,
 }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
+from asgi_operator.attaching import fleet_somaxconn
 from asgi_operator.building import SELECTOR_LABEL, current_somaxconn
 from asgi_operator.kube import Kube, timestamp
 from asgi_operator.models import AsgiServerSpec, SysctlMode
@@ -226,8 +227,11 @@ class Autotuner:
             return False
         state.history.append(observation)
         state.rounds += 1
-        deployment = self.kube.get_deployment(namespace, name)
-        current = _current(spec, before.current, current_somaxconn(deployment))
+        if spec.target_ref is not None:  # the Pods are the user's; the webhook set their sysctls
+            somaxconn = fleet_somaxconn(pods)
+        else:
+            somaxconn = current_somaxconn(self.kube.get_deployment(namespace, name))
+        current = _current(spec, before.current, somaxconn)
         decision = decide(list(state.history), current, bounds_of(spec), state.past)
         labels = {"namespace": namespace, "name": name}
         self.metrics.frozen.labels(**labels).set(1 if decision.frozen else 0)

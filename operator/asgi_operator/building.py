@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgi_operator.models import GROUP, KIND, VERSION, AsgiServerSpec, SysctlMode
-from asgi_operator.pods import CONFIG_FILE, SOMAXCONN, PodOptions, build_pod_template
+from asgi_operator.pods import CONFIG_FILE, PodOptions, build_pod_template, pod_somaxconn
 from asgi_operator.statusmodels import TunedSettings
 from asgi_sidecar.configuring import dump_settings
 from asgi_sidecar.settings import SidecarLimits, SidecarSettings
@@ -253,15 +253,7 @@ def current_somaxconn(deployment: Manifest | None) -> int | None:
     """The somaxconn a live Deployment's pod template sets, whichever the mode."""
     if not deployment:
         return None
-    pod = deployment.get("spec", {}).get("template", {}).get("spec", {})
-    for sysctl in pod.get("securityContext", {}).get("sysctls", []) or []:
-        if sysctl.get("name") == SOMAXCONN:
-            return int(sysctl["value"])
-    for init in pod.get("initContainers", []) or []:
-        for arg in init.get("args", []) or []:
-            if isinstance(arg, str) and arg.startswith(SOMAXCONN + "="):
-                return int(arg.split("=", 1)[1])
-    return None
+    return pod_somaxconn(deployment.get("spec", {}).get("template", {}))
 
 
 def build_children(owner: Owner, spec: AsgiServerSpec, options: BuildOptions) -> list[Manifest]:

@@ -6,7 +6,38 @@ import argparse
 import sys
 
 from asgi_operator import __version__
-from asgi_operator.config import NativeSidecars, OperatorSettings
+from asgi_operator.config import NativeSidecars, OperatorSettings, WebhookSettings
+
+
+def _namespaced(value: str) -> tuple[str, str]:
+    namespace, slash, name = value.partition("/")
+    if not slash or not namespace or not name:
+        raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME, got {value!r}")
+    return namespace, name
+
+
+def _webhook(args: argparse.Namespace) -> WebhookSettings | None:
+    if not args.webhook_port:
+        return None
+    if not (args.webhook_cert_dir or args.webhook_secret):
+        raise SystemExit(
+            "asgi-operator: --webhook-port needs --webhook-secret or --webhook-cert-dir"
+        )
+    if not (args.webhook_service or args.webhook_url):
+        raise SystemExit("asgi-operator: --webhook-port needs --webhook-service or --webhook-url")
+    return WebhookSettings(
+        port=args.webhook_port,
+        host=args.webhook_host,
+        configuration=args.webhook_configuration,
+        service=args.webhook_service,
+        url=args.webhook_url,
+        manage_configuration=args.webhook_manage_configuration,
+        cert_dir=args.webhook_cert_dir,
+        secret=args.webhook_secret,
+        cert_days=args.webhook_cert_days,
+        cert_check_seconds=args.webhook_cert_check_seconds,
+        timeout_seconds=args.webhook_timeout_seconds,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="test-only: JSON file mapping a Pod's podIP:port to host:port for scraping",
     )
     run.add_argument("--verbose", action="store_true")
+    hook = run.add_argument_group("admission webhook (injects the proxy for spec.targetRef)")
+    hook.add_argument("--webhook-port", type=int, default=0, help="HTTPS port; 0: no webhook")
+    hook.add_argument("--webhook-host", default="0.0.0.0")
+    hook.add_argument(
+        "--webhook-configuration",
+        default="asgi-operator",
+        help="the MutatingWebhookConfiguration whose caBundle the operator keeps",
+    )
+    hook.add_argument("--webhook-service", type=_namespaced, help="NAMESPACE/NAME of its Service")
+    hook.add_argument("--webhook-url", help="URL the API server calls (operator outside a cluster)")
+    hook.add_argument(
+        "--webhook-manage-configuration",
+        action="store_true",
+        help="apply the whole configuration (without the Helm chart)",
+    )
+    hook.add_argument("--webhook-cert-dir", help="tls.crt and tls.key from here (cert-manager)")
+    hook.add_argument(
+        "--webhook-secret", type=_namespaced, help="NAMESPACE/NAME of the self-managed certificates"
+    )
+    hook.add_argument("--webhook-cert-days", type=int, default=365)
+    hook.add_argument("--webhook-cert-check-seconds", type=float, default=3600.0)
+    hook.add_argument("--webhook-timeout-seconds", type=int, default=5)
     commands.add_parser("crd", help="print the AsgiServer CRD")
     return parser
 
@@ -55,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         resync_seconds=args.resync_seconds,
         metrics_port=args.metrics_port or None,
         scrape_address_map=args.scrape_address_map,
+        webhook=_webhook(args),
     )
     from asgi_operator.running import run
 

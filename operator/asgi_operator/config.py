@@ -17,6 +17,45 @@ class NativeSidecars(StrEnum):
     never = "never"
 
 
+class WebhookSettings(BaseModel):
+    """The admission webhook that injects the proxy into attached workloads' Pods."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: int = Field(ge=1, le=65535, description="HTTPS port of the webhook.")
+    host: str = Field(default="0.0.0.0", description="Address the webhook listens on.")
+    configuration: str = Field(
+        default="asgi-operator", description="The MutatingWebhookConfiguration kept up to date."
+    )
+    service: tuple[str, str] | None = Field(
+        default=None, description="(namespace, name) of the Service in front of the webhook."
+    )
+    url: str | None = Field(
+        default=None, description="Where the API server reaches the webhook from outside."
+    )
+    manage_configuration: bool = Field(
+        default=False, description="Apply the whole configuration, not only its caBundle."
+    )
+    cert_dir: str | None = Field(
+        default=None, description="tls.crt and tls.key from here (cert-manager); else self-managed."
+    )
+    secret: tuple[str, str] | None = Field(
+        default=None, description="(namespace, name) of the Secret of self-managed certificates."
+    )
+    cert_days: int = Field(default=365, ge=1, description="Validity of the serving certificate.")
+    cert_check_seconds: float = Field(
+        default=3600.0, gt=0, description="How often the certificates are checked."
+    )
+    timeout_seconds: int = Field(default=5, ge=1, le=30, description="The API server's timeout.")
+
+    def own_namespace(self) -> str:
+        """The operator's namespace, whose Pods never go to the webhook."""
+        for where in (self.secret, self.service):
+            if where is not None:
+                return where[0]
+        return "default"
+
+
 class OperatorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -44,3 +83,4 @@ class OperatorSettings(BaseModel):
         description="Test-only: JSON file mapping podIP:port to host:port for scraping.",
     )
     backoff_seconds: float = Field(default=5.0, gt=0, description="Delay between attempts.")
+    webhook: WebhookSettings | None = Field(default=None, description="None: no webhook.")

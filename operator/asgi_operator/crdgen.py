@@ -91,6 +91,7 @@ def _structural(node: Any, defaults: bool = True) -> Any:
                 and prop.get("type") == "object"
                 and "default" not in prop
                 and "properties" in prop
+                and not prop.get("nullable")  # optional: unset means absent
             ):
                 prop["default"] = {}
     return node

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,32 +26,51 @@ from prometheus_client import CollectorRegistry, start_http_server
 from asgi_operator.autotuning import Autotuner, TuningMetrics
 from asgi_operator.building import MANAGED_BY, SELECTOR_LABEL, BuildOptions
 from asgi_operator.config import NativeSidecars, OperatorSettings
+from asgi_operator.injecting import INJECT_LABEL
 from asgi_operator.kube import Kube
 from asgi_operator.models import GROUP, PLURAL, VERSION
 from asgi_operator.reconciling import reconcile, status_changed
 from asgi_operator.statusing import changes
 from asgi_operator.statusmodels import AsgiServerStatus
+from asgi_operator.webhooking import Webhook
 
 log = logging.getLogger("asgi_operator")
 
 CHILD_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
+NATIVE_SINCE = 29
+NAMED_SIDECAR_PORTS_SINCE = 32
 COALESCE_SECONDS = 1.0
 TUNE_TICK_SECONDS = 1.0
 # Handler ids; the ones that run for every watch event log their successes at debug level.
 STORE = "asgiservers"
 RECONCILE = "reconcile"
 ON_CHILD = "reconcile-owner-of-child"
-PER_EVENT = (STORE, ON_CHILD)
+PER_EVENT = (STORE, ON_CHILD, f"{ON_CHILD}-server", f"{ON_CHILD}-inject")
 
 Key = tuple[str, str]
 
 
-def build_options(settings: OperatorSettings, kube: Kube) -> BuildOptions:
+def native_sidecars(settings: OperatorSettings, kube: Kube, since: int) -> bool:
     if settings.native_sidecars == NativeSidecars.auto:
-        native = kube.server_minor_version() >= 29
-    else:
-        native = settings.native_sidecars == NativeSidecars.always
+        return kube.server_minor_version() >= since
+    return settings.native_sidecars == NativeSidecars.always
+
+
+def build_options(settings: OperatorSettings, kube: Kube) -> BuildOptions:
+    native = native_sidecars(settings, kube, NATIVE_SINCE)
     return BuildOptions(sidecar_image=settings.sidecar_image, native_sidecars=native)
+
+
+def build_webhook(settings: OperatorSettings, kube: Kube, registry: CollectorRegistry) -> Webhook:
+    assert settings.webhook is not None
+    # The injected proxy takes over the app's named port; EndpointSlices resolve the named
+    # ports of native sidecars from Kubernetes 1.32 on (kubernetes#128850).
+    native = native_sidecars(settings, kube, NAMED_SIDECAR_PORTS_SINCE)
+    workdir = Path(tempfile.mkdtemp(prefix="asgi-operator-webhook-"))
+    watched = [] if settings.all_namespaces else settings.namespaces
+    return Webhook(
+        kube, settings.webhook, settings.sidecar_image, native, registry, workdir, watched
+    )
 
 
 def _namespace_terminating(exc: ApiException) -> bool:
@@ -97,6 +117,7 @@ class AsgiOperator:
         self.last_child_run: dict[Key, float] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.quiet = QuietSuccesses(PER_EVENT)
+        self.webhook = build_webhook(settings, kube, self.metrics) if settings.webhook else None
         self._locks: dict[Key, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -174,7 +195,8 @@ class AsgiOperator:
         # Children change often (Pod readiness, Deployment status, our own applies); one
         # reconcile per owner per COALESCE_SECONDS is enough, and the resync loop catches
         # anything skipped.
-        owner = (meta.get("labels") or {}).get(SELECTOR_LABEL)
+        labels = meta.get("labels") or {}
+        owner = labels.get(SELECTOR_LABEL) or labels.get(INJECT_LABEL)
         namespace = meta.get("namespace")
         if not owner or not namespace:
             return
@@ -203,6 +225,8 @@ class AsgiOperator:
         loop = asyncio.get_running_loop()
         self.tasks.append(loop.create_task(self.resync_forever()))
         self.tasks.append(loop.create_task(self.autotune_forever()))
+        if self.webhook is not None:
+            await self.webhook.start()
         if self.settings.metrics_port:
             try:
                 start_http_server(self.settings.metrics_port, registry=self.metrics)
@@ -212,6 +236,8 @@ class AsgiOperator:
     async def stop(self, **_: Any) -> None:
         for task in self.tasks:
             task.cancel()
+        if self.webhook is not None:
+            await self.webhook.stop()
         logging.getLogger("kopf.objects").removeFilter(self.quiet)
 
     # The loops (not kopf timers: kopf puts a finalizer on objects with timers, which
@@ -273,11 +299,17 @@ class AsgiOperator:
             ("apps/v1", "deployments"),
             ("v1", "services"),
             ("v1", "configmaps"),
-            ("v1", "pods"),
         ):
             kopf.on.event(
                 group_version, plural, labels=CHILD_LABELS, registry=registry, id=ON_CHILD
             )(self.on_child_event)
+        # Pods: the generated ones and the injected ones carry the selector label; those of
+        # an attached workload that went without the proxy only the opt-in label.
+        for label in (SELECTOR_LABEL, INJECT_LABEL):
+            kopf.on.event(
+                "v1", "pods", labels={label: kopf.PRESENT}, registry=registry,
+                id=f"{ON_CHILD}-{label.split('/')[1]}",
+            )(self.on_child_event)  # fmt: skip
         return registry
 
 

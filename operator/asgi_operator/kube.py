@@ -41,11 +41,12 @@ class Kube:
         self.policy = client.PolicyV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.version = client.VersionApi(api_client)
+        self.admission = client.AdmissionregistrationV1Api(api_client)
 
     def apply(self, manifest: Manifest) -> Manifest:
         kind = manifest["kind"]
         meta = manifest["metadata"]
-        name, namespace = meta["name"], meta["namespace"]
+        name, namespace = meta["name"], meta.get("namespace", "")
         common: dict[str, Any] = {
             "field_manager": FIELD_MANAGER,
             "force": True,
@@ -61,6 +62,10 @@ class Kube:
             call = self.core.patch_namespaced_config_map
         elif kind == "PodDisruptionBudget":
             call = self.policy.patch_namespaced_pod_disruption_budget
+        elif kind == "MutatingWebhookConfiguration":  # cluster-scoped
+            return _json(
+                self.admission.patch_mutating_webhook_configuration(name, manifest, **common)
+            )
         else:  # pragma: no cover - builders make only these kinds
             raise ValueError(f"cannot apply {kind}")
         return _json(call(name, namespace, manifest, **common))
@@ -86,6 +91,37 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    def get_asgiserver(self, namespace: str, name: str) -> Manifest | None:
+        try:
+            return _json(
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def get_workload(self, namespace: str, kind: str, name: str) -> Manifest | None:
+        """A Deployment or StatefulSet (an AsgiServer's targetRef); None if absent."""
+        read = (
+            self.apps.read_namespaced_stateful_set
+            if kind == "StatefulSet"
+            else self.apps.read_namespaced_deployment
+        )
+        try:
+            return _json(read(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_services(self, namespace: str) -> list[Manifest]:
+        response = self.core.list_namespaced_service(namespace, _preload_content=False)
+        items: list[Manifest] = _json(response).get("items", [])
+        return items
 
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
         response = self.core.list_namespaced_pod(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 from asgi_sidecar.settings import SidecarLimits
@@ -168,10 +168,57 @@ class DisruptionBudget(ApiModel):
     )
 
 
+class TargetKind(StrEnum):
+    deployment = "Deployment"
+    stateful_set = "StatefulSet"
+
+
+class TargetRef(ApiModel):
+    """The user's own workload whose Pods get the proxy at admission (never edited)."""
+
+    api_version: str = Field(
+        default="apps/v1", pattern=r"^apps/v1$", description="API version of the workload."
+    )
+    kind: TargetKind = Field(description="Deployment or StatefulSet.")
+    name: str = Field(
+        min_length=1, max_length=253, description="Name of the workload in this namespace."
+    )
+
+
+# With targetRef the Pods are the user's workload's: these belong in its pod template.
+_NOT_WITH_TARGET = (
+    "podTemplate",
+    "replicas",
+    "command",
+    "env",
+    "resources",
+    "nodeSelector",
+    "tolerations",
+    "podAnnotations",
+)
+
+
 class AsgiServerSpec(ApiModel):
     model_config = ConfigDict(  # merged with ApiModel's configuration
         json_schema_extra={
             "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.image) != has(self.targetRef)",
+                    "message": "set image (the operator runs the Pods) or targetRef (the proxy"
+                    " joins the Pods of your Deployment or StatefulSet), exactly one",
+                },
+                {
+                    "rule": "!has(self.targetRef) || ("
+                    + " && ".join(f"!has(self.{name})" for name in _NOT_WITH_TARGET)
+                    + ")",
+                    "message": "with targetRef the Pods are your workload's: set "
+                    + ", ".join(_NOT_WITH_TARGET)
+                    + " in its pod template instead",
+                },
+                {
+                    "rule": "!has(self.targetRef) || self.mode == 'sidecar'",
+                    "message": "targetRef needs mode sidecar (the proxy joins the app's Pods)",
+                },
                 {
                     "rule": "self.mode != 'embedded' || has(self.app)",
                     "message": "app (module:attribute) is required when mode is embedded",
@@ -188,7 +235,20 @@ class AsgiServerSpec(ApiModel):
         },
     )
 
-    image: str = Field(min_length=1, description="Container image of the application.")
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Container image of the application (the operator runs the Pods).",
+    )
+    target_ref: TargetRef | None = Field(
+        default=None,
+        description=(
+            "Attach to your own Deployment or StatefulSet instead of running Pods: its pod"
+            " template carries the label asgi.dev/inject=<this AsgiServer's name>, and the"
+            " operator's admission webhook adds the proxy to each new Pod. The workload is"
+            " never edited. Exclusive with image."
+        ),
+    )
     replicas: int | None = Field(
         default=None,
         ge=0,
@@ -276,6 +336,13 @@ class AsgiServerSpec(ApiModel):
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list, description="Tolerations of the Pods."
     )
+
+    @model_validator(mode="after")
+    def _image_or_target(self) -> AsgiServerSpec:
+        # The CRD's CEL rule says the same; this holds where the CRD is older than the code.
+        if (self.image is None) == (self.target_ref is None):
+            raise ValueError("set image or targetRef, exactly one")
+        return self
 
     def effective_keep_alive(self) -> float:
         profile = self.client_profile

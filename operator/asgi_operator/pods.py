@@ -56,30 +56,41 @@ def drain_seconds(spec: AsgiServerSpec) -> int:
     return DEFAULT_DRAIN_SECONDS
 
 
-def _probes() -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class PortNames:
+    """What the server's ports are called in the Pod (a Service's named targetPort)."""
+
+    http: str = "http"
+    metrics: str = "metrics"
+
+
+GENERATED_PORTS = PortNames()
+
+
+def _probes(metrics: str) -> dict[str, Any]:
     return {
         "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "httpGet": {"path": "/readyz", "port": metrics},
             "periodSeconds": 2,
             "failureThreshold": 2,
         },
         "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "httpGet": {"path": "/healthz", "port": metrics},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
         "startupProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "httpGet": {"path": "/healthz", "port": metrics},
             "periodSeconds": 1,
             "failureThreshold": 60,
         },
     }
 
 
-def _ports(spec: AsgiServerSpec) -> list[dict[str, Any]]:
+def _ports(spec: AsgiServerSpec, names: PortNames) -> list[dict[str, Any]]:
     return [
-        {"name": "http", "containerPort": spec.port, "protocol": "TCP"},
-        {"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"},
+        {"name": names.http, "containerPort": spec.port, "protocol": "TCP"},
+        {"name": names.metrics, "containerPort": spec.metrics_port, "protocol": "TCP"},
     ]
 
 
@@ -101,13 +112,16 @@ def _sleep(seconds: int) -> dict[str, Any]:
     return {"preStop": {"sleep": {"seconds": seconds}}}
 
 
-def _proxy_container(spec: AsgiServerSpec, image: str, native: bool) -> dict[str, Any]:
+def proxy_container(
+    spec: AsgiServerSpec, image: str, native: bool, names: PortNames = GENERATED_PORTS
+) -> dict[str, Any]:
+    """The sidecar container (an init container with restartPolicy Always when native)."""
     container: dict[str, Any] = {
         "name": PROXY_CONTAINER,
         "image": image,
         "args": ["proxy", *_CONFIG_ARGS],
-        "ports": _ports(spec),
-        **_probes(),
+        "ports": _ports(spec, names),
+        **_probes(names.metrics),
         "lifecycle": _sleep(drain_seconds(spec)),
         "volumeMounts": [dict(_CONFIG_MOUNT)],
         "securityContext": dict(_RESTRICTED),
@@ -118,7 +132,7 @@ def _proxy_container(spec: AsgiServerSpec, image: str, native: bool) -> dict[str
     return container
 
 
-def _drain_hook(spec: AsgiServerSpec, token: str | None) -> dict[str, Any]:
+def drain_hook(spec: AsgiServerSpec, token: str | None) -> dict[str, Any]:
     """The app container's preStop: GET /drain on the metrics port, answered after the
     drain time.  Meanwhile the server is unready and closes each connection after its
     response, so clients whose kept-alive connection (to a ClusterIP, say) stays on this
@@ -137,15 +151,15 @@ def _app_container(spec: AsgiServerSpec, token: str | None) -> dict[str, Any]:
     container: dict[str, Any] = {"name": APP_CONTAINER, "image": spec.image}
     if spec.mode == Mode.embedded:
         container["command"] = ["asgi-sidecar", "serve", spec.app or "", *_CONFIG_ARGS]
-        container["ports"] = _ports(spec)
-        container.update(_probes())
+        container["ports"] = _ports(spec, GENERATED_PORTS)
+        container.update(_probes(GENERATED_PORTS.metrics))
         container["volumeMounts"] = [dict(_CONFIG_MOUNT)]
     else:
         if spec.command:
             container["command"] = list(spec.command)
         container["ports"] = [{"name": "app", "containerPort": spec.app_port, "protocol": "TCP"}]
     # The app keeps serving while the Pod drains; it gets SIGTERM after the hook returns.
-    container["lifecycle"] = _drain_hook(spec, token)
+    container["lifecycle"] = drain_hook(spec, token)
     if spec.env:
         container["env"] = [dict(e) for e in spec.env]
     if spec.resources:
@@ -160,33 +174,46 @@ def sysctl_list(spec: AsgiServerSpec, somaxconn: int) -> list[tuple[str, int]]:
     return values
 
 
-def _pod_spec(spec: AsgiServerSpec, config_map: str, options: PodOptions) -> dict[str, Any]:
+def config_volume(config_map: str) -> dict[str, Any]:
+    return {"name": CONFIG_VOLUME, "configMap": {"name": config_map}}
+
+
+def sysctl_parts(
+    spec: AsgiServerSpec, options: PodOptions
+) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """(Pod securityContext sysctls, init containers) that set the kernel values."""
     somaxconn = options.somaxconn
+    if somaxconn is None:
+        return [], []
+    values = sysctl_list(spec, somaxconn)
+    if spec.sysctls.mode == SysctlMode.security_context:
+        return [{"name": n, "value": str(v)} for n, v in values], []
+    if spec.sysctls.mode == SysctlMode.init_container:
+        init = {
+            "name": SYSCTLS_CONTAINER,
+            "image": options.sidecar_image,
+            "args": ["sysctl", *(f"{n}={v}" for n, v in values)],
+            "securityContext": {"privileged": True, "runAsUser": 0, "runAsNonRoot": False},
+        }
+        return [], [init]
+    return [], []
+
+
+def _pod_spec(spec: AsgiServerSpec, config_map: str, options: PodOptions) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "containers": [_app_container(spec, options.drain_token)],
-        "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": config_map}}],
+        "volumes": [config_volume(config_map)],
         "terminationGracePeriodSeconds": (
             drain_seconds(spec)
             + math.ceil(spec.server.timeout_graceful_shutdown)
             + TERMINATION_MARGIN_SECONDS
         ),
     }
-    init_containers: list[dict[str, Any]] = []
-    if somaxconn is not None and spec.sysctls.mode == SysctlMode.security_context:
-        pod_spec["securityContext"] = {
-            "sysctls": [{"name": n, "value": str(v)} for n, v in sysctl_list(spec, somaxconn)]
-        }
-    elif somaxconn is not None and spec.sysctls.mode == SysctlMode.init_container:
-        init_containers.append(
-            {
-                "name": SYSCTLS_CONTAINER,
-                "image": options.sidecar_image,
-                "args": ["sysctl", *(f"{n}={v}" for n, v in sysctl_list(spec, somaxconn))],
-                "securityContext": {"privileged": True, "runAsUser": 0, "runAsNonRoot": False},
-            }
-        )
+    sysctls, init_containers = sysctl_parts(spec, options)
+    if sysctls:
+        pod_spec["securityContext"] = {"sysctls": sysctls}
     if spec.mode == Mode.sidecar:
-        proxy = _proxy_container(spec, options.sidecar_image, options.native_sidecars)
+        proxy = proxy_container(spec, options.sidecar_image, options.native_sidecars)
         if options.native_sidecars:
             init_containers.append(proxy)
         else:
@@ -198,6 +225,19 @@ def _pod_spec(spec: AsgiServerSpec, config_map: str, options: PodOptions) -> dic
     if spec.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
     return pod_spec
+
+
+def pod_somaxconn(pod: Manifest) -> int | None:
+    """net.core.somaxconn a Pod or pod template sets, by its sysctls or its init container."""
+    spec = pod.get("spec") or {}
+    for sysctl in (spec.get("securityContext") or {}).get("sysctls") or []:
+        if sysctl.get("name") == SOMAXCONN:
+            return int(sysctl["value"])
+    for init in spec.get("initContainers") or []:
+        for arg in init.get("args") or []:
+            if isinstance(arg, str) and arg.startswith(SOMAXCONN + "="):
+                return int(arg.split("=", 1)[1])
+    return None
 
 
 def owned_paths(template: Manifest, spec: AsgiServerSpec) -> list[Path]:

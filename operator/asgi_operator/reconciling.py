@@ -17,17 +17,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from asgi_operator.attaching import fleet_somaxconn, injected_verdict
 from asgi_operator.building import (
     CONFIG_HASH_ANNOTATION,
     BuildOptions,
     Owner,
     build_children,
+    build_config_map,
     config_hash,
     current_somaxconn,
     pods_to_nudge,
     selector,
+    somaxconn_for,
     tuned_spec,
 )
+from asgi_operator.injecting import INJECT_LABEL, is_injected
 from asgi_operator.kube import Kube, timestamp
 from asgi_operator.models import AsgiServerSpec
 from asgi_operator.podtemplates import TemplateConflictError
@@ -110,6 +114,8 @@ def reconcile(
     except ValidationError as exc:
         return _invalid(body, previous, _problems(exc))
     owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
+    if spec.target_ref is not None:
+        return _reconcile_attached(kube, body, owner, spec, previous, report, memory_of(applied))
     live = kube.get_deployment(namespace, name)
     options = BuildOptions(
         sidecar_image=options.sidecar_image,
@@ -123,7 +129,7 @@ def reconcile(
         return _invalid(body, previous, str(exc))
     deployment: dict[str, Any] | None = None
     changed: list[str] = []
-    memory = applied if applied is not None else {}
+    memory = memory_of(applied)
     _remove_unwanted(kube, owner, children, memory, changed)
     for manifest in children:
         result = kube.apply(manifest)
@@ -148,6 +154,61 @@ def reconcile(
     )
     status = build_status(
         spec, observed, current_somaxconn(deployment), timestamp(), report, selector(owner)
+    )
+    return Outcome(status, new_problems(observed.previous, status.conditions), changed)
+
+
+def memory_of(applied: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    return applied if applied is not None else {}
+
+
+def _apply_tracked(
+    kube: Kube, manifest: dict[str, Any], memory: dict[str, dict[str, Any]], changed: list[str]
+) -> dict[str, Any]:
+    result = kube.apply(manifest)
+    what = f"{manifest['kind']} {manifest['metadata']['name']}"
+    key = f"{manifest['metadata']['namespace']}/{what}"
+    before = memory.get(key)
+    if before is None or _changed(before, result):
+        changed.append(what)
+    memory[key] = {"kind": result.get("kind"), "metadata": result.get("metadata", {})}
+    return result
+
+
+def _reconcile_attached(
+    kube: Kube,
+    body: dict[str, Any],
+    owner: Owner,
+    spec: AsgiServerSpec,
+    previous: AsgiServerStatus,
+    report: Tuned | None,
+    memory: dict[str, dict[str, Any]],
+) -> Outcome:
+    """An AsgiServer with targetRef: only the sidecar's ConfigMap is the operator's; the
+    Pods are the user's workload's, and the webhook injects the proxy into them."""
+    ref = spec.target_ref
+    assert ref is not None
+    namespace = owner.namespace
+    changed: list[str] = []
+    config = build_config_map(owner, spec)
+    _apply_tracked(kube, config, memory, changed)
+    target = kube.get_workload(namespace, ref.kind.value, ref.name)
+    pods = kube.list_pods(namespace, f"{INJECT_LABEL}={owner.name}")
+    injected = [p for p in pods if is_injected(p)]
+    _nudge(kube, namespace, injected, config_hash(config))
+    somaxconn = fleet_somaxconn(pods)
+    observed = Observed(
+        generation=int(body["metadata"].get("generation", 0)),
+        deployment=target,
+        pods=injected,
+        namespace_labels=kube.namespace_labels(namespace),
+        previous=previous.conditions,
+    )
+    wanted = somaxconn_for(spec, None)  # what the webhook gives new Pods
+    services = kube.list_services(namespace)
+    verdict = injected_verdict(spec, owner.name, namespace, target, pods, services, wanted)
+    status = build_status(
+        spec, observed, somaxconn, timestamp(), report, selector(owner), {"Injected": verdict}
     )
     return Outcome(status, new_problems(observed.previous, status.conditions), changed)
 

@@ -212,8 +212,9 @@ def build_status(
     now: str,
     tuned: Tuned | None = None,
     selector: str | None = None,
+    extra: dict[str, Verdict] | None = None,
 ) -> AsgiServerStatus:
-    verdicts = conditions(spec, observed)
+    verdicts = {**conditions(spec, observed), **(extra or {})}
     if tuned is not None:
         verdicts["Tuned"] = tuned.verdict
     _desired, current, _, ready = replica_counts(observed.deployment)

@@ -25,7 +25,8 @@ class ConditionStatus(StrEnum):
 class Condition(ApiModel):
     type: str = Field(
         description=(
-            "Ready, Progressing, SysctlsApplied and Degraded (from reconciling), Tuned (from"
+            "Ready, Progressing, SysctlsApplied and Degraded (from reconciling), Injected (with"
+            " spec.targetRef: whether every Pod of the workload runs the proxy), Tuned (from"
             " autotuning)."
         )
     )

@@ -38,6 +38,7 @@ OPERATOR_PURE_MODULES = [
     "observations",
     "tuning",
     "kneefinding",
+    "certificates",
 ]
 OPERATOR_FORBIDDEN = {
     "kopf",

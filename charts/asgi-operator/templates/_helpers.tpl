@@ -61,6 +61,33 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "asgi-dev/asgi-sidecar:%s" .Chart.AppVersion) .Values.sidecarImage }}
 {{- end }}
 
+{{/*
+The webhook's Service and Certificate: "<fullname>-webhook", with the full name cut so that
+it stays a DNS label (the Service name is one). The Secret adds "-tls" (Secret names may be
+longer).
+*/}}
+{{- define "asgi-operator.webhookName" -}}
+{{- printf "%s-webhook" (include "asgi-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "asgi-operator.webhookSecretName" -}}
+{{- printf "%s-tls" (include "asgi-operator.webhookName" .) }}
+{{- end }}
+
+{{/* The operator's own certificates: no cert-manager. */}}
+{{- define "asgi-operator.webhookSelfManaged" -}}
+{{- if and .Values.webhook.enabled (not .Values.webhook.certManager.enabled) }}true{{ end }}
+{{- end }}
+
+{{/* The PodDisruptionBudget: auto means only with more than one Pod to keep. */}}
+{{- define "asgi-operator.webhookPdbEnabled" -}}
+{{- $enabled := .Values.webhook.podDisruptionBudget.enabled }}
+{{- if and .Values.webhook.enabled (eq (toString $enabled) "auto") }}
+{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- else if and .Values.webhook.enabled (eq (toString $enabled) "true") }}true
+{{- end }}
+{{- end }}
+
 {{/* Two operators without peering would both reconcile every AsgiServer. */}}
 {{- define "asgi-operator.validate" -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
@@ -123,6 +150,19 @@ spec:
         - --metrics-port={{ .Values.metrics.port }}
         - --log-format={{ .Values.logFormat }}
         - --resync-seconds={{ .Values.resyncSeconds }}
+        {{- if .Values.webhook.enabled }}
+        - --webhook-port={{ .Values.webhook.port }}
+        - --webhook-configuration={{ include "asgi-operator.fullname" . }}
+        - --webhook-service={{ .Release.Namespace }}/{{ include "asgi-operator.webhookName" . }}
+        {{- if .Values.webhook.certManager.enabled }}
+        # cert-manager's Secret, mounted; the operator reloads the files when it renews them.
+        - --webhook-cert-dir=/etc/asgi-operator/webhook-tls
+        {{- else }}
+        # The operator keeps its own CA and certificate in this Secret.
+        - --webhook-secret={{ .Release.Namespace }}/{{ include "asgi-operator.webhookSecretName" . }}
+        - --webhook-cert-days={{ .Values.webhook.certDays }}
+        {{- end }}
+        {{- end }}
         {{- range .Values.extraArgs }}
         - {{ . | quote }}
         {{- end }}
@@ -145,6 +185,23 @@ spec:
         - name: metrics
           containerPort: {{ .Values.metrics.port }}
           protocol: TCP
+        {{- if .Values.webhook.enabled }}
+        - name: webhook
+          containerPort: {{ .Values.webhook.port }}
+          protocol: TCP
+        {{- end }}
+      {{- if .Values.webhook.enabled }}
+      # Ready once the webhook serves TLS: the webhook Service sends the API server's calls
+      # only to ready Pods (the kubelet does not verify the certificate).
+      readinessProbe:
+        httpGet:
+          scheme: HTTPS
+          path: /healthz
+          port: webhook
+        periodSeconds: 5
+        timeoutSeconds: 3
+        failureThreshold: 3
+      {{- end }}
       livenessProbe:
         httpGet:
           path: /healthz
@@ -160,10 +217,21 @@ spec:
       volumeMounts:
         - name: tmp
           mountPath: /tmp
+        {{- if and .Values.webhook.enabled .Values.webhook.certManager.enabled }}
+        - name: webhook-tls
+          mountPath: /etc/asgi-operator/webhook-tls
+          readOnly: true
+        {{- end }}
   volumes:
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
+    {{- if and .Values.webhook.enabled .Values.webhook.certManager.enabled }}
+    # tls.crt and tls.key of the Certificate in webhook-certificates.yaml.
+    - name: webhook-tls
+      secret:
+        secretName: {{ include "asgi-operator.webhookSecretName" . }}
+    {{- end }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
@@ -186,7 +254,8 @@ dropping any one rule breaks the operator).
 */}}
 {{- define "asgi-operator.namespacedRules" -}}
 # The AsgiServers: kopf lists and watches them, and patches them to keep its progress and
-# last-handled state in annotations (asgi.dev/...).
+# last-handled state in annotations (asgi.dev/...); the webhook gets the one a Pod's
+# asgi.dev/inject label names.
 - apiGroups: [asgi.dev]
   resources: [asgiservers]
   verbs: [get, list, watch, patch]
@@ -202,6 +271,12 @@ dropping any one rule breaks the operator).
 - apiGroups: [""]
   resources: [services, configmaps]
   verbs: [list, watch, create, patch]
+# spec.targetRef (an attached workload) names a Deployment (read with the rule above) or a
+# StatefulSet: read, never written, for the Injected condition (does its pod template opt
+# in?); the Service list above also tells whether the user's own Services bypass the proxy.
+- apiGroups: [apps]
+  resources: [statefulsets]
+  verbs: [get]
 # The optional PodDisruptionBudget (spec.disruptionBudget), applied like the others, and
 # deleted when it is turned off or the replicas drop to one.
 - apiGroups: [policy]
