@@ -3,7 +3,8 @@
 This kernel has no netem, so the few tens of milliseconds between a balancer and a Pod are
 made here: what makes the keep-alive race visible is that the app's FIN reaches the balancer
 late, after the balancer has already sent a request on the connection.
-Run: ``python -m bench.delayrelay PORT UPSTREAM_PORT DELAY_MS``.
+Run: ``python -m bench.delayrelay PORT [UPSTREAM_HOST:]UPSTREAM_PORT DELAY_MS``; the upstream
+host defaults to loopback (a Service's ClusterIP on the real node, tests/node/test_attach.py).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class _Side(asyncio.Protocol):
         self.out.push(None)
 
 
-async def serve(port: int, upstream: int, delay: float) -> None:
+async def serve(port: int, upstream: int, delay: float, host: str = "127.0.0.1") -> None:
     loop = asyncio.get_running_loop()
 
     def accept() -> asyncio.Protocol:
@@ -76,9 +77,7 @@ async def serve(port: int, upstream: int, delay: float) -> None:
 
         async def connect() -> None:
             try:
-                await loop.create_connection(
-                    lambda: _Side(to_client, to_server), "127.0.0.1", upstream
-                )
+                await loop.create_connection(lambda: _Side(to_client, to_server), host, upstream)
             except OSError:
                 to_client.push(None)
 
@@ -93,4 +92,6 @@ async def serve(port: int, upstream: int, delay: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) / 1000))
+    host, _, upstream = sys.argv[2].rpartition(":")
+    delay = float(sys.argv[3]) / 1000
+    asyncio.run(serve(int(sys.argv[1]), int(upstream), delay, host or "127.0.0.1"))

@@ -32,7 +32,7 @@ from asgi_operator.models import GROUP, PLURAL, VERSION
 from asgi_operator.reconciling import reconcile, status_changed
 from asgi_operator.statusing import changes
 from asgi_operator.statusmodels import AsgiServerStatus
-from asgi_operator.webhooking import Webhook
+from asgi_operator.webhooking import AttachMetrics, Webhook
 
 log = logging.getLogger("asgi_operator")
 
@@ -118,6 +118,8 @@ class AsgiOperator:
         self.tasks: list[asyncio.Task[None]] = []
         self.quiet = QuietSuccesses(PER_EVENT)
         self.webhook = build_webhook(settings, kube, self.metrics) if settings.webhook else None
+        self.attach_metrics = AttachMetrics(self.metrics)
+        self.attached: set[Key] = set()
         self._locks: dict[Key, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -149,6 +151,12 @@ class AsgiOperator:
                 message = f"API server answered {exc.status}: {exc.reason}"
                 raise kopf.TemporaryError(message, delay=2) from exc
             raise
+        if outcome.without_proxy is not None:
+            self.attach_metrics.without_proxy.labels(*key).set(outcome.without_proxy)
+            self.attached.add(key)
+        elif key in self.attached:  # no longer attached
+            self.attach_metrics.without_proxy.remove(*key)
+            self.attached.discard(key)
         if said:
             log.info("AsgiServer %s/%s: %s", *key, "; ".join(said))
         for reason, message in outcome.warnings:
@@ -265,6 +273,10 @@ class AsgiOperator:
                     self.tuner.forget(uid)
                 for uid in set(self.written) - live:
                     del self.written[uid]
+                keys = {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies}
+                for key in self.attached - keys:
+                    self.attach_metrics.without_proxy.remove(*key)
+                    self.attached.discard(key)
                 for body in bodies:
                     if self.tuner.due(body, now):
                         await loop.run_in_executor(None, self._tune_one, body)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from asgi_operator.attaching import fleet_somaxconn, injected_verdict
+from asgi_operator.attaching import fleet_somaxconn, injected_verdict, live_pods
 from asgi_operator.building import (
     CONFIG_HASH_ANNOTATION,
     BuildOptions,
@@ -60,6 +60,8 @@ class Outcome:
     warnings: list[tuple[str, str]]
     # Children whose apply changed them on the server, as "Kind name".
     changed: list[str] = field(default_factory=list)
+    # With targetRef: the workload's Pods that run without the proxy.
+    without_proxy: int | None = None
 
 
 def _invalid(body: dict[str, Any], previous: AsgiServerStatus, problems: str) -> Outcome:
@@ -210,7 +212,8 @@ def _reconcile_attached(
     status = build_status(
         spec, observed, somaxconn, timestamp(), report, selector(owner), {"Injected": verdict}
     )
-    return Outcome(status, new_problems(observed.previous, status.conditions), changed)
+    without = len([p for p in live_pods(pods) if not is_injected(p)])
+    return Outcome(status, new_problems(observed.previous, status.conditions), changed, without)
 
 
 def _nudge(kube: Kube, namespace: str, pods: list[dict[str, Any]], digest: str) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from asgi_operator.admission import (
     WEBHOOK_PATH,
@@ -58,6 +58,20 @@ class AdmissionMetrics:
             "Time the webhook took to answer an admission review (what it adds to a Pod's"
             " creation), from the request read to the answer written.",
             buckets=_BUCKETS,
+            registry=registry,
+        )
+
+
+class AttachMetrics:
+    """What the dashboard and the alerts need of attached workloads."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.without_proxy = Gauge(
+            "asgi_operator_pods_without_proxy",
+            "Pods of an attached workload (spec.targetRef) that run without the proxy: created"
+            " before the AsgiServer, or while the webhook was unavailable; a rollout restart"
+            " of the workload gives them the proxy.",
+            ["namespace", "name"],
             registry=registry,
         )
 

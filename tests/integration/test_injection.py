@@ -17,8 +17,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from asgi_operator.admission import webhook_configuration
 from asgi_operator.certificates import (
@@ -39,19 +41,33 @@ pytestmark = pytest.mark.timeout(300)
 class Hook:
     """The operator with its webhook, and where to find it."""
 
-    def __init__(self, namespace: str, configuration: str, port: int, operator: Any) -> None:
+    def __init__(
+        self, namespace: str, configuration: str, port: int, metrics: int, operator: Any
+    ) -> None:
         self.namespace, self.configuration, self.port = namespace, configuration, port
-        self.operator = operator
+        self.metrics_port, self.operator = metrics, operator
         self.secret = "asgi-webhook-tls"
+
+    def metric(self, metric: str, **labels: str) -> float | None:
+        """A sample of the operator's /metrics, None if it is not there."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == metric and all(sample.labels.get(k) == v
+                                               for k, v in labels.items()):  # fmt: skip
+                    return float(sample.value)
+        return None
 
 
 @pytest.fixture(scope="module")
 def hook(cluster, tmp_path_factory) -> Iterator[Hook]:
     suffix = uuid.uuid4().hex[:6]
     namespace, configuration, port = f"asgi-ops-{suffix}", f"asgi-inject-{suffix}", free_port()
+    metrics = free_port()
     cluster.kubectl("create", "namespace", namespace)
     flags = [
-        *QUICK, "--webhook-port", str(port), "--webhook-host", "127.0.0.1",
+        *QUICK, "--metrics-port", str(metrics),
+        "--webhook-port", str(port), "--webhook-host", "127.0.0.1",
         "--webhook-url", f"https://127.0.0.1:{port}/mutate-pods",
         "--webhook-manage-configuration", "--webhook-configuration", configuration,
         "--webhook-secret", f"{namespace}/asgi-webhook-tls", "--webhook-cert-check-seconds", "1",
@@ -59,7 +75,7 @@ def hook(cluster, tmp_path_factory) -> Iterator[Hook]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     try:
         with running_operator(cluster.kubeconfig, log, flags=flags) as op:
-            running = Hook(namespace, configuration, port, op)
+            running = Hook(namespace, configuration, port, metrics, op)
             eventually(lambda: _registered(cluster, configuration), 60, "webhook registered")
             yield running
     finally:
@@ -226,6 +242,9 @@ def test_a_pod_for_a_missing_asgiserver_is_admitted_unchanged_and_counted(cluste
     said = eventually(without, 60, "Injected PodsWithoutProxy")
     assert said["message"].startswith("2 of 2 Pods of Deployment shop run without the proxy")
     assert f"kubectl rollout restart deployment/shop -n {namespace}" in said["message"]
+    without = "asgi_operator_pods_without_proxy"
+    eventually(lambda: hook.metric(without, namespace=namespace, name="ghost") == 2, 30, without)
+    assert (hook.metric("asgi_operator_admission_reviews_total", result="unchanged") or 0) >= 2
     cluster.kubectl("rollout", "restart", "deployment/shop", "-n", namespace)
 
     def all_injected() -> bool:
@@ -239,6 +258,8 @@ def test_a_pod_for_a_missing_asgiserver_is_admitted_unchanged_and_counted(cluste
         return condition(body, "Injected").get("status") == "True"
 
     eventually(attached, 60, "Injected True")
+    eventually(lambda: hook.metric(without, namespace=namespace, name="ghost") == 0, 30, without)
+    assert (hook.metric("asgi_operator_admission_reviews_total", result="injected") or 0) >= 2
 
 
 def test_a_service_targeting_the_app_port_by_number_is_reported(cluster, hook, namespace):

@@ -28,6 +28,7 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from asgi_operator.autotuning import TuningMetrics
+from asgi_operator.webhooking import AttachMetrics
 from tests.support.metrics import samples
 from tests.support.processes import ROOT, Sidecar, free_port, sidecar, stop
 from tests.support.promtool import check_metrics
@@ -111,6 +112,7 @@ def test_alert_rules_are_runbook_style():
         "AsgiSysctlsNotApplied",
         "AsgiHigh503Rate",
         "AsgiTuningFrozen",
+        "AsgiPodsWithoutProxy",
     }
     for rule in rules:
         assert rule.get("for"), rule["alert"]
@@ -370,6 +372,7 @@ def live(upstream_port, tmp_path_factory) -> Iterator[Live]:
     tuning.target.labels(NAMESPACE, SERVICE, "limitConcurrency").set(2)
     tuning.target.labels(NAMESPACE, SERVICE, "timeoutKeepAlive").set(75)
     tuning.frozen.labels(NAMESPACE, SERVICE).set(1)
+    AttachMetrics(registry).without_proxy.labels(NAMESPACE, SERVICE).set(1)
     operator_port = free_port()
     server, thread = start_http_server(operator_port, addr="127.0.0.1", registry=registry)
     with (
@@ -489,6 +492,7 @@ def test_prometheus_evaluates_the_rules_on_real_data(live):
     assert ("AsgiListenBacklogClamped", "web-0") in active
     assert ("AsgiSysctlsNotApplied", "web-0") in active
     assert ("AsgiTuningFrozen", "") in active
+    assert ("AsgiPodsWithoutProxy", "") in active
     assert ("AsgiHigh503Rate", "") in active
     if live.overflows > 0:
         assert ("AsgiListenOverflows", "web-2") in active
