@@ -115,7 +115,7 @@ def injected_verdict(
             "False",
             "PodsWithoutProxy",
             f"{len(without)} of {len(running)} Pods of {what} run without the proxy (created"
-            f" before the AsgiServer, or while the webhook was unavailable); restart them:"
+            f" before the AsgiServer or the webhook existed, or refused injection); restart them:"
             f" {restart}",
         )
     stale = [

@@ -69,7 +69,7 @@ class AttachMetrics:
         self.without_proxy = Gauge(
             "asgi_operator_pods_without_proxy",
             "Pods of an attached workload (spec.targetRef) that run without the proxy: created"
-            " before the AsgiServer, or while the webhook was unavailable; a rollout restart"
+            " before the AsgiServer or the webhook existed, or refused injection; a rollout restart"
             " of the workload gives them the proxy.",
             ["namespace", "name"],
             registry=registry,

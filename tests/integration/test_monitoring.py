@@ -2,9 +2,13 @@
 
 - ``promtool check rules`` and ``promtool test rules`` (unit tests in alerts/tests/);
 - ``dashcheck`` (hack/dashcheck, the Grafana Foundation SDK's dashboard model, strict);
+- ``promql-parser`` (the Rust crate's Python binding) parses every PromQL expression of the
+  dashboard (after Grafana's variable substitution) and of the rules; the selectors are
+  read from its syntax tree, not from the text;
 - a real Prometheus scrapes real sidecars under load and the operator's tuning metrics
   (``TuningMetrics`` on ``prometheus_client.start_http_server``), loads the alert rules,
-  and answers every PromQL expression of the dashboard and of the rules.
+  and answers every PromQL expression of the dashboard and of the rules; every selector's
+  metric, label names and label values are found in that scrape.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import promql_parser
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
@@ -39,7 +44,6 @@ RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.yaml"))
 DASHCHECK = ROOT / ".cache" / "bin" / "dashcheck"
 
 NAMESPACE, SERVICE = "shop", "web"
-METRIC = re.compile(r"\b(asgi_[a-z0-9_]+)")
 
 
 def run(*cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -79,6 +83,7 @@ def dashboard_exprs(board: dict[str, Any]) -> list[tuple[str, str]]:
 def substitute(expr: str, pods: str = ".*") -> str:
     """What Grafana sends: the template variables replaced by their values."""
     values = {
+        "datasource": "prometheus",
         "namespace": NAMESPACE,
         "asgiserver": SERVICE,
         "pod": pods,
@@ -93,7 +98,123 @@ def substitute(expr: str, pods: str = ".*") -> str:
     return expr
 
 
+def variable_queries(board: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The query variables' ``label_values(selector, label)``: (variable, selector, label)."""
+    found = []
+    for variable in board["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        query = substitute(variable["definition"])
+        match = re.fullmatch(r"label_values\((.+), (\w+)\)", query)
+        assert match, (variable["name"], query)
+        found.append((variable["name"], match.group(1), match.group(2)))
+    return found
+
+
+def expressions() -> list[tuple[str, str]]:
+    """Every PromQL expression of the dashboard and the rules, as Prometheus receives it.
+
+    Each is named for a failure message: the panel, the variable or the alert.
+    """
+    board = dashboard()
+    found = [(f"panel {title!r}", substitute(expr)) for title, expr in dashboard_exprs(board)]
+    found += [(f"variable ${name}", selector) for name, selector, _ in variable_queries(board)]
+    found += [(f"alert {rule['alert']}", rule["expr"]) for rule in alert_rules()]
+    return found
+
+
+EQUAL, REGEX = promql_parser.MatchOp.Equal, promql_parser.MatchOp.Re
+COMPARISONS = {"==", "!=", ">", "<", ">=", "<="}
+
+
+def parse(where: str, expr: str) -> promql_parser.Expr:
+    try:
+        return promql_parser.parse(expr)
+    except ValueError as error:
+        pytest.fail(f"{where}: promql-parser refuses {expr!r}: {error}")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A vector selector of the syntax tree (a matrix selector's included): metric, matchers."""
+
+    where: str
+    metric: str
+    matchers: tuple[promql_parser.Matcher, ...]  # without the one on __name__
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.text}"
+
+
+def selectors(where: str, expr: str) -> list[Selector]:
+    nodes: list[promql_parser.VectorSelector] = []
+    # walk() visits the vector selector inside each matrix selector and subquery too.
+    promql_parser.walk(
+        parse(where, expr),
+        lambda node: nodes.append(node) if isinstance(node, promql_parser.VectorSelector) else None,
+    )
+    found = []
+    for node in nodes:
+        matchers = node.matchers.matchers
+        assert not node.matchers.or_matchers, f"{where}: {node}: `or` inside a selector"
+        names = [m.value for m in matchers if m.name == "__name__" and m.op == EQUAL]
+        metric = node.name or (names[0] if names else None)
+        assert metric, f"{where}: {node}: a selector without a metric name"
+        rest = tuple(m for m in matchers if m.name != "__name__")
+        found.append(Selector(where, metric, rest, str(node)))
+    return found
+
+
+def without_threshold(where: str, expr: str) -> str:
+    """An alert's expression without its final comparison with a number, as PromQL."""
+    tree = parse(where, expr)
+    if (
+        isinstance(tree, promql_parser.BinaryExpr)
+        and str(tree.op) in COMPARISONS
+        and isinstance(tree.rhs, promql_parser.NumberLiteral)
+    ):
+        return str(tree.lhs)
+    return expr
+
+
+def exposition_labels(texts: list[str]) -> dict[str, dict[str, set[str]]]:
+    """Each sample name of the expositions with its labels' values, as the exporter wrote them.
+
+    A sample key (``name{label="value",...}``) is a PromQL selector: the parser reads it back.
+    """
+    found: dict[str, dict[str, set[str]]] = {}
+    for text in texts:
+        for key in samples(text):
+            node = promql_parser.parse(key)
+            assert isinstance(node, promql_parser.VectorSelector), key
+            assert node.name, key
+            labels = found.setdefault(node.name, {})
+            for m in node.matchers.matchers:
+                labels.setdefault(m.name, set()).add(m.value)
+    return found
+
+
 # ---------------------------------------------------------------- static checks
+
+
+def test_every_expression_parses_and_selects_named_metrics():
+    exprs = expressions()
+    assert {where.split()[0] for where, _ in exprs} == {"panel", "variable", "alert"}
+    for where, expr in exprs:
+        found = selectors(where, expr)
+        assert found, f"{where}: no selector in {expr!r}"
+        for selector in found:
+            assert selector.metric.startswith("asgi_"), selector
+    # The parser is strict where a regex would not be: these fail it.
+    for broken, error in (
+        ('rate(asgi_requests_total{code="503"})', "expected type matrix"),
+        ("sum(rate(asgi_requests_total[$__rate_interval]))", "unexpected character"),
+        ('asgi_requests_total{code="503"', "unexpected end of input"),
+        ('asgi_requests_total{pod=~"("}', "illegal regex"),
+    ):
+        with pytest.raises(ValueError, match=error):
+            promql_parser.parse(broken)
 
 
 def test_alert_rules_pass_promtool_check():
@@ -218,6 +339,24 @@ class Live:
 
     def get(self, path: str) -> Any:
         return httpx.get(f"{self.prometheus}{path}", timeout=10).json()["data"]
+
+    def series_labels(self, metric: str) -> dict[str, set[str]]:
+        """The labels of ``metric``'s series in Prometheus (target labels included)."""
+        response = httpx.get(
+            f"{self.prometheus}/api/v1/series", params={"match[]": metric}, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        labels: dict[str, set[str]] = {}
+        for series in response.json()["data"]:
+            for name, value in series.items():
+                labels.setdefault(name, set()).add(value)
+        return labels
+
+    def expositions(self) -> list[str]:
+        """What the sidecars and the operator export now: the operator's last."""
+        texts = [sc.metrics() for sc in self.sidecars.values()]
+        texts.append(httpx.get(f"http://127.0.0.1:{self.operator_port}/metrics", timeout=5).text)
+        return texts
 
 
 def prometheus_config(sidecars: dict[str, Sidecar], operator_port: int) -> dict[str, Any]:
@@ -420,14 +559,10 @@ def live(upstream_port, tmp_path_factory) -> Iterator[Live]:
 
 
 def test_dashboard_variables_resolve_from_real_labels(live):
-    board = dashboard()
-    variables = {v["name"]: v for v in board["templating"]["list"]}
-    resolved = {}
-    for name in ("namespace", "asgiserver", "pod"):
-        query = substitute(variables[name]["definition"])
-        match = re.fullmatch(r"label_values\((.+), (\w+)\)", query)
-        assert match, query
-        resolved[name] = live.label_values(match.group(2), match.group(1))
+    resolved = {
+        name: live.label_values(label, selector)
+        for name, selector, label in variable_queries(dashboard())
+    }
     assert NAMESPACE in resolved["namespace"]
     assert resolved["asgiserver"] == [SERVICE]
     assert resolved["pod"] == sorted(live.sidecars)
@@ -463,19 +598,14 @@ def test_dashboard_shows_the_load(live):
         assert float(queued[0]["value"][1]) > 0
 
 
-def alert_selectors(expr: str) -> list[str]:
-    """The vector selectors of an expression: metric name with its label matchers."""
-    return re.findall(r"\basgi_[a-z0-9_]+(?:\{[^}]*\})?", expr)
-
-
 def test_every_alert_query_has_data(live):
     for rule in alert_rules():
-        expr = rule["expr"]
-        for selector in alert_selectors(expr):
-            assert live.query(selector), (rule["alert"], selector)
+        where = f"alert {rule['alert']}"
+        for selector in selectors(where, rule["expr"]):
+            assert live.query(selector.text), f"{selector}: no data"
         # Without its threshold the expression has data too (e.g. the 503 ratio).
-        inner = re.sub(r"\s*(==|>|<)\s*[0-9.]+\s*$", "", expr.strip())
-        assert live.query(inner), (rule["alert"], inner)
+        inner = without_threshold(where, rule["expr"])
+        assert live.query(inner), f"{where}: no data for {inner}"
 
 
 def test_prometheus_evaluates_the_rules_on_real_data(live):
@@ -502,20 +632,55 @@ def test_prometheus_evaluates_the_rules_on_real_data(live):
 
 
 def test_every_metric_used_is_exported(live):
-    names: set[str] = set()
-    for _, expr in dashboard_exprs(dashboard()):
-        names.update(METRIC.findall(expr))
-    for variable in dashboard()["templating"]["list"]:
-        names.update(METRIC.findall(variable.get("definition", "")))
-    for rule in alert_rules():
-        names.update(METRIC.findall(rule["expr"]))
-    exported: set[str] = set()
-    texts = [sc.metrics() for sc in live.sidecars.values()]
-    texts.append(httpx.get(f"http://127.0.0.1:{live.operator_port}/metrics", timeout=5).text)
-    for text in texts:
-        exported.update(key.split("{", 1)[0] for key in samples(text))
-    missing = sorted(names - exported)
-    assert not missing, f"used but not exported: {missing}"
+    texts = live.expositions()
+    exported = exposition_labels(texts)
+    missing = sorted(
+        str(selector)
+        for where, expr in expressions()
+        for selector in selectors(where, expr)
+        if selector.metric not in exported
+    )
+    assert not missing, f"used but exported by neither the sidecar nor the operator: {missing}"
     # The operator's exposition passes promtool like the sidecar's (test_metrics.py).
     code, output = check_metrics(texts[-1])
     assert code == 0, output
+
+
+def test_every_selector_matches_the_live_labels(live):
+    """Each matcher names a label the metric has, and an equality matcher a value it takes.
+
+    The exporter's own labels (``code``, ``reason``, ``state``, ``setting``, and the
+    operator's ``namespace`` and ``name``) are looked up in its exposition; the labels the
+    scrape adds (``namespace``, ``service``, ``pod`` of a sidecar) in Prometheus' series.
+    """
+    exported = exposition_labels(live.expositions())
+    wrong: list[str] = []
+    for where, expr in expressions():
+        for selector in selectors(where, expr):
+            if selector.metric not in exported:
+                wrong.append(f"{selector}: {selector.metric} is not exported")
+                continue
+            own, stored = exported[selector.metric], live.series_labels(selector.metric)
+            for matcher in selector.matchers:
+                label = matcher.name
+                if label not in stored:
+                    wrong.append(f"{selector}: {selector.metric} has no label {label!r}")
+                    continue
+                values, source = (
+                    (own[label], "its exposition")
+                    if label in own
+                    else (stored[label], "Prometheus' series")
+                )
+                if matcher.op == EQUAL and matcher.value not in values:
+                    wrong.append(
+                        f"{selector}: {label}={matcher.value!r} is not in {source}, "
+                        f"which has {sorted(values)}"
+                    )
+                elif matcher.op == REGEX and not any(
+                    re.fullmatch(matcher.value, value) for value in values
+                ):
+                    wrong.append(
+                        f"{selector}: {label}=~{matcher.value!r} matches nothing in {source}, "
+                        f"which has {sorted(values)}"
+                    )
+    assert not wrong, "selectors that do not fit the live data:\n" + "\n".join(wrong)
