@@ -152,7 +152,10 @@ def webhook_configuration(
     scope: Manifest = {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
                        "values": [namespace]}  # fmt: skip
     if watched:
-        scope = {**scope, "operator": "In", "values": sorted(set(watched) - {namespace})}
+        served = sorted(set(watched) - {namespace})
+        if not served:
+            raise ValueError(f"the webhook would serve no namespace: only {namespace} is watched")
+        scope = {**scope, "operator": "In", "values": served}
     client: Manifest
     if url is not None:
         client = {"url": url}

@@ -25,6 +25,12 @@ def _webhook(args: argparse.Namespace) -> WebhookSettings | None:
         )
     if not (args.webhook_service or args.webhook_url):
         raise SystemExit("asgi-operator: --webhook-port needs --webhook-service or --webhook-url")
+    own = (args.webhook_secret or args.webhook_service)[0]
+    if args.namespace and set(args.namespace) <= {own}:
+        raise SystemExit(
+            f"asgi-operator: the webhook would serve no namespace: only {own}, its own, is"
+            " watched (its Pods never go to the webhook)"
+        )
     return WebhookSettings(
         port=args.webhook_port,
         host=args.webhook_host,

@@ -230,11 +230,13 @@ class AsgiOperator:
 
     async def start(self, **kwargs: Any) -> None:
         self.store = kwargs[STORE]
+        # First, so that a webhook that cannot start (kopf retries the startup) leaves no
+        # loops behind to be started twice.
+        if self.webhook is not None:
+            await self.webhook.start()
         loop = asyncio.get_running_loop()
         self.tasks.append(loop.create_task(self.resync_forever()))
         self.tasks.append(loop.create_task(self.autotune_forever()))
-        if self.webhook is not None:
-            await self.webhook.start()
         if self.settings.metrics_port:
             try:
                 start_http_server(self.settings.metrics_port, registry=self.metrics)

@@ -1,9 +1,11 @@
 """The chart's admission webhook, as `helm template` renders it: the configuration the
 operator's builder makes, the operator's flags, the Service, the two certificate modes and
-their RBAC, and the PodDisruptionBudget."""
+their RBAC, the PodDisruptionBudget, and the PodMonitor of the injected proxies."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 import yaml
 
 from asgi_operator.admission import webhook_configuration
+from asgi_operator.injecting import INJECT_LABEL, PROXY_METRICS_PORT, SERVER_LABEL
 from tests.support.processes import ROOT
 
 CHART = ROOT / "charts" / "asgi-operator"
@@ -130,10 +133,27 @@ def _without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k != key}
 
 
-def test_configuration_is_what_the_operators_builder_makes() -> None:
-    """The chart and asgi_operator.admission say the same (but for names and the caBundle)."""
-    chart = one(render(), "MutatingWebhookConfiguration")
-    built = webhook_configuration(FULLNAME, RELEASE_NS, service=(RELEASE_NS, WEBHOOK))
+@pytest.mark.parametrize(
+    ("values", "sets"),
+    [
+        ("default-values.yaml", ()),
+        ("namespaces-values.yaml", ()),
+        # the release namespace among the watched ones, out of order
+        ("default-values.yaml", (f"watchNamespaces={{team-b,{RELEASE_NS},team-a}}",)),
+    ],
+)
+def test_configuration_is_what_the_operators_builder_makes(
+    values: str, sets: tuple[str, ...]
+) -> None:
+    """The chart and asgi_operator.admission say the same (but for names and the caBundle),
+    given the namespaces the chart's own --namespace flags make the operator watch."""
+    docs = render(values, sets=sets)
+    chart = one(docs, "MutatingWebhookConfiguration")
+    watched = [a.split("=", 1)[1] for a in container(docs)["args"] if a.startswith("--namespace=")]
+    assert bool(watched) == ("--all-namespaces" not in container(docs)["args"])
+    built = webhook_configuration(
+        FULLNAME, RELEASE_NS, service=(RELEASE_NS, WEBHOOK), watched=watched
+    )
     assert set(chart) == set(built) == {"apiVersion", "kind", "metadata", "webhooks"}
     assert (chart["apiVersion"], chart["kind"]) == (built["apiVersion"], built["kind"])
     [chart_webhook] = chart["webhooks"]
@@ -152,6 +172,22 @@ def test_namespace_selector_excludes_the_release_namespace() -> None:
     ]
     assert webhook["clientConfig"]["service"]["namespace"] == "ops"
     assert "--webhook-secret=ops/asgi-asgi-operator-webhook-tls" in webhook_args(docs)
+
+
+def test_watched_namespaces_scope_the_webhook_to_them() -> None:
+    """The operator may read AsgiServers only where it watches: only those Pods are sent."""
+    [webhook] = one(render("namespaces-values.yaml"), "MutatingWebhookConfiguration")["webhooks"]
+    assert webhook["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    ]
+
+
+def test_watching_only_the_release_namespace_with_the_webhook_is_refused() -> None:
+    """It would serve no namespace (and `In []` is no valid selector): say so at install."""
+    with pytest.raises(AssertionError, match="the webhook would serve no namespace"):
+        render(sets=(f"watchNamespaces={{{RELEASE_NS}}}",))
+    alone = render(sets=(f"watchNamespaces={{{RELEASE_NS}}}", "webhook.enabled=false"))
+    assert kinds(alone, "MutatingWebhookConfiguration") == []
 
 
 def test_values_set_the_webhooks_knobs() -> None:
@@ -365,6 +401,70 @@ def test_disruption_budget_can_be_forced(values: str, sets: tuple[str, ...], exp
         assert budgets[0]["spec"]["minAvailable"] == "50%"
 
 
+# -- monitoring of injected Pods ----------------------------------------------------------
+
+
+def _prometheus_label(kubernetes_label: str) -> str:
+    """How Prometheus' Kubernetes discovery spells a Pod label (invalid characters to _)."""
+    return "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", kubernetes_label)
+
+
+def test_pod_monitor_scrapes_the_injected_proxies_as_the_service_monitor_labels_them() -> None:
+    docs = render("monitoring-values.yaml")
+    monitor = one(docs, "PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["name"] == f"{FULLNAME}-injected"
+    assert monitor["metadata"]["namespace"] == RELEASE_NS
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    # Injected Pods only: the operator's own carry SERVER_LABEL too, and their Services'
+    # ServiceMonitor scrapes them already.
+    assert monitor["spec"]["selector"] == {
+        "matchExpressions": [
+            {"key": SERVER_LABEL, "operator": "Exists"},
+            {"key": INJECT_LABEL, "operator": "Exists"},
+        ]
+    }
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == PROXY_METRICS_PORT
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["interval"] == "30s"
+    assert endpoint["relabelings"] == [
+        {
+            "sourceLabels": [_prometheus_label(SERVER_LABEL)],
+            "targetLabel": "service",
+            "action": "replace",
+        }
+    ]
+    assert kinds(render(), "PodMonitor") == []  # off by default
+
+
+def test_the_dashboard_and_the_alerts_read_the_asgiserver_from_the_service_label() -> None:
+    """What the PodMonitor's relabeling is for."""
+    dashboard = json.loads((ROOT / "dashboards" / "asgi-server.json").read_text())
+    [variable] = [v for v in dashboard["templating"]["list"] if v["name"] == "asgiserver"]
+    assert variable["definition"].replace(" ", "").endswith(",service)")
+    alerts = yaml.safe_load((ROOT / "alerts" / "asgi-server.rules.yaml").read_text())
+    sidecar_rules = [r for g in alerts["groups"] for r in g["rules"]
+                     if "asgi_operator_" not in r["expr"]]  # fmt: skip
+    assert sidecar_rules
+    for rule in sidecar_rules:
+        assert re.search(r"by \([^)]*\bservice\b", rule["expr"]), rule["alert"]
+
+
+def test_pod_monitor_follows_the_watched_namespaces() -> None:
+    docs = render("namespaces-values.yaml", sets=("monitoring.podMonitor.enabled=true",))
+    monitor = one(docs, "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+
+
+def test_pod_monitor_needs_the_webhook() -> None:
+    with pytest.raises(AssertionError, match=r"podMonitor\.enabled needs webhook\.enabled"):
+        render(sets=("monitoring.podMonitor.enabled=true", "webhook.enabled=false"))
+    with pytest.raises(AssertionError, match="schema"):
+        render(sets=("monitoring.podMonitor.interval=soon",))
+
+
 # -- names, RBAC in watched namespaces, lint ----------------------------------------------
 
 
@@ -432,4 +532,7 @@ def test_notes_tell_how_to_opt_a_workload_in(tmp_path: Path) -> None:
     text = notes()
     assert "asgi.dev/inject=<AsgiServer name>" in text
     assert "spec.targetRef" in text
+    assert f"Pods in {RELEASE_NS} are never sent to the webhook" in text
+    watched = notes(f"watchNamespaces={{team-b,{RELEASE_NS},team-a}}")
+    assert "only Pods in team-a, team-b are sent to the webhook" in watched
     assert "asgi.dev/inject" not in notes("webhook.enabled=false")

@@ -79,6 +79,14 @@ longer).
 {{- if and .Values.webhook.enabled (not .Values.webhook.certManager.enabled) }}true{{ end }}
 {{- end }}
 
+{{/*
+The namespaces whose Pods the webhook is sent with watchNamespaces, as a JSON list: the
+watched ones but the release namespace, sorted (as asgi_operator.admission's builder does).
+*/}}
+{{- define "asgi-operator.webhookNamespaces" -}}
+{{- without (.Values.watchNamespaces | uniq | sortAlpha) .Release.Namespace | toJson }}
+{{- end }}
+
 {{/* The PodDisruptionBudget: auto means only with more than one Pod to keep. */}}
 {{- define "asgi-operator.webhookPdbEnabled" -}}
 {{- $enabled := .Values.webhook.podDisruptionBudget.enabled }}
@@ -95,6 +103,12 @@ longer).
 {{- end }}
 {{- if and .Values.monitoring.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
 {{- fail "monitoring.serviceMonitor.enabled needs metrics.service.enabled=true" }}
+{{- end }}
+{{- if and .Values.webhook.enabled .Values.watchNamespaces (eq (include "asgi-operator.webhookNamespaces" .) "[]") }}
+{{- fail "webhook.enabled with watchNamespaces holding only the release namespace: the webhook would serve no namespace (the release namespace's Pods are never sent to it); watch another namespace, or set webhook.enabled=false" }}
+{{- end }}
+{{- if and .Values.monitoring.podMonitor.enabled (not .Values.webhook.enabled) }}
+{{- fail "monitoring.podMonitor.enabled needs webhook.enabled=true: it scrapes the Pods the webhook injects" }}
 {{- end }}
 {{- end }}
 

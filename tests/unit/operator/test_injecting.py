@@ -244,3 +244,8 @@ def test_an_operator_watching_some_namespaces_is_sent_only_their_pods() -> None:
     assert scope == [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
     ]
+
+
+def test_a_webhook_with_nothing_to_serve_is_refused() -> None:
+    with pytest.raises(ValueError, match="serve no namespace"):
+        webhook_configuration("asgi", "ops", url="https://127.0.0.1:1/x", watched=["ops"])
