@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from hack import kubeproxy, nodeimages
 from hack.cache import ROOT
 from hack.controlplane import LocalCluster
 from hack.node import LocalNode, missing_requirements
-from tests.support.kube import Operator, own_namespace, running_operator
+from hack.supervisor import free_port
+from tests.support.kube import QUICK, Operator, eventually, own_namespace, running_operator
 
 REPORT = ROOT / "bench" / "results" / "node-e2e.json"
 # The tests' own bridge and subnet: `make run-node` uses asgi0 and 10.89.0.0/24.
@@ -77,11 +79,35 @@ def node(
 def node_operator(
     node: Any, node_cluster: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
+    """The operator, also serving its admission webhook as it runs without the chart: its
+    own certificates in a namespace of its own (outside the webhook's scope), and the
+    webhook configuration it registers, reached by the API server on this host.  Only Pods
+    labelled ``asgi.dev/inject`` (tests/node/test_attach.py) pass through the webhook."""
+    suffix = uuid.uuid4().hex[:6]
+    own, configuration, port = f"asgi-ops-{suffix}", f"asgi-inject-{suffix}", free_port()
+    flags = [
+        *QUICK, "--webhook-port", str(port), "--webhook-host", "127.0.0.1",
+        "--webhook-url", f"https://127.0.0.1:{port}/mutate-pods",
+        "--webhook-manage-configuration", "--webhook-configuration", configuration,
+        "--webhook-secret", f"{own}/asgi-webhook-tls",
+    ]  # fmt: skip
     log = tmp_path_factory.mktemp("node-operator") / "operator.log"
-    with running_operator(
-        node_cluster.kubeconfig, log, sidecar_image=nodeimages.SIDECAR_IMAGE
-    ) as op:
-        yield op
+    node_cluster.kubectl("create", "namespace", own)
+    try:
+        with running_operator(
+            node_cluster.kubeconfig, log, sidecar_image=nodeimages.SIDECAR_IMAGE, flags=flags
+        ) as op:
+            eventually(lambda: _registered(node_cluster, configuration), 60,
+                       f"the webhook configuration {configuration} with its CA")  # fmt: skip
+            yield op
+    finally:
+        node_cluster.kubectl("delete", "mutatingwebhookconfiguration", configuration, check=False)
+        node_cluster.kubectl("delete", "namespace", own, "--wait=false", check=False)
+
+
+def _registered(cluster: Any, configuration: str) -> bool:
+    found = cluster.get_json("mutatingwebhookconfiguration", configuration)
+    return bool(found["webhooks"][0]["clientConfig"].get("caBundle"))
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ which restart it without the allow-list (``forbidding_node``).
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import subprocess
@@ -28,12 +27,19 @@ from hack.nodeconfig import ALLOWED_SYSCTLS
 from tests.support import apps, metrics
 from tests.support.endpointload import EndpointLoad
 from tests.support.kube import ConfigMapWatch, condition, eventually, get
+from tests.support.nodes import (
+    HTTP_PORT,
+    cluster_ip,
+    fetch,
+    ready_endpoints,
+    routed,
+    scrape_labelled,
+)
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(420)]
 
 DEMO = nodeimages.DEMO_IMAGE
 SELECTOR = "asgi.dev/server"
-HTTP_PORT = 8080  # the Service's port "http" (spec.port's default), the sidecar's
 # tests.support.apps on the demo image's uvicorn: GET /hostname names the Pod that answered
 WHOAMI = apps.uvicorn_command(nodeimages.DEMO_PORT)
 
@@ -81,53 +87,6 @@ def wait_ready(cluster: Any, namespace: str, name: str, timeout: float = 180) ->
 
     body: dict[str, Any] = eventually(ready, timeout=timeout, what=f"{name} Ready")
     return body
-
-
-def cluster_ip(cluster: Any, namespace: str, service: str) -> str:
-    ip: str = get(cluster, "service", service, namespace)["spec"]["clusterIP"]
-    return ip
-
-
-def ready_endpoints(cluster: Any, namespace: str, service: str) -> dict[str, str]:
-    """The Service's ready endpoints as its EndpointSlices list them: Pod name -> IP."""
-    slices = cluster.get_json(
-        "endpointslices", "-n", namespace, "-l", f"kubernetes.io/service-name={service}"
-    )["items"]
-    return {
-        e["targetRef"]["name"]: address
-        for s in slices
-        for e in s.get("endpoints") or []
-        if e.get("conditions", {}).get("ready")
-        for address in e["addresses"]
-    }
-
-
-def fetch(host: str, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
-    """GET on a fresh connection: through a ClusterIP, each one is routed anew."""
-    conn = http.client.HTTPConnection(host, HTTP_PORT, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def routed(host: str, path: str = "/", timeout: float = 60.0) -> float:
-    """Seconds until ``host`` first answers 200, trying a fresh connection every 50 ms.
-
-    Until kube-proxy has programmed a ClusterIP, its packets go onto the node's bridge
-    (hack/kubeproxy.py routes the Service CIDR there), where nobody answers: each try
-    gives up after 0.2 s."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            if fetch(host, path, timeout=0.2)[0] == 200:
-                return time.monotonic() - started
-        except (OSError, http.client.HTTPException):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{host}:{HTTP_PORT}{path} not routed after {timeout:.0f}s")
 
 
 def in_pod(cluster: Any, namespace: str, pod: str, container: str, *cmd: str) -> str:
@@ -275,10 +234,6 @@ def test_limits_metrics_and_autotuning_on_real_pods(
         "configmap_to_sidecar_seconds": round(live_at - changed_at, 1),
     }
     load.join(timeout=200)
-
-
-def scrape_labelled(ip: str, port: int = 9090) -> dict[str, float]:
-    return metrics.scrape(f"http://{ip}:{port}/metrics")
 
 
 def test_a_service_routes_to_every_ready_pod(node_cluster, node, node_operator, namespace, report):
