@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := wrk nginx-light iproute2 util-linux prometheus
 
-.PHONY: test run run-node node-images lint typecheck unit integration node bench bench-% system-deps venv clean help crds podschema cluster demo dashcheck helm chart-files
+.PHONY: test run run-node node-images lint typecheck unit integration node bench bench-% system-deps venv clean help crds podschema cluster demo dashcheck helm validators chart-files
 
 help:
 	@echo "make test   - install everything, lint, type-check, run all tests"
@@ -59,14 +59,14 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP) system-deps dashcheck
+integration: $(STAMP) system-deps dashcheck validators
 	$(BIN)/pytest -q tests/integration
 
 # End to end on a real node (tests/node; root, containerd, runc, cgroups).
 node: $(STAMP) system-deps cluster
 	$(BIN)/pytest -q tests/node
 
-test: $(STAMP) system-deps cluster helm dashcheck lint typecheck
+test: $(STAMP) system-deps cluster helm dashcheck validators lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 crds: $(STAMP)
@@ -108,6 +108,12 @@ cluster:
 # reused from the machine-wide cache when its sources are unchanged.
 dashcheck:
 	hack/dashcheck/build.sh
+
+# The manifest validators of tests/integration/test_validation.py: kubectl-validate and
+# kube-score (Go module proxy) into .cache/bin, checkov and kubernetes-validate (PyPI) in a
+# virtualenv of their own, Kubernetes' OpenAPI for kubectl-validate (hack/validators/).
+validators:
+	hack/validators/build.sh
 
 # hack/ and bench/ are packages run from the repository root, so they import each other and
 # tests.support without sys.path edits.
