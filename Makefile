@@ -16,10 +16,15 @@ help:
 	@echo "make demo   - a FastAPI app behind the sidecar on localhost"
 	@echo "make bench  - benchmarks against nginx and plain uvicorn (prints tables)"
 
-$(STAMP): pyproject.toml
+# The two distributions, editable: asgi-sidecar (sidecar/) and asgi-operator (the root),
+# whose pin on asgi-sidecar the local one satisfies.
+$(STAMP): pyproject.toml sidecar/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,demo,operator]'
+	$(PY) -m pip install --quiet -e ./sidecar -e '.[dev,demo]'
+	# A venv from before the split had asgi-sidecar's script in asgi-operator's record, and
+	# replacing that removed the script: install asgi-sidecar once more, alone (a second).
+	$(PY) -m pip install --quiet --no-deps --force-reinstall -e ./sidecar
 	touch $(STAMP)
 
 venv: $(STAMP)

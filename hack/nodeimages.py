@@ -185,9 +185,12 @@ def pause_layer(work: Path) -> Layer:
 
 
 # -- the Python images ------------------------------------------------------------------
+SIDECAR_PROJECT = ROOT / "sidecar"  # the asgi-sidecar distribution: what the images run
+
+
 def requirements() -> list[str]:
-    """The project's dependencies and its ``demo`` extra, from pyproject.toml."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    """asgi-sidecar's dependencies and its ``demo`` extra, from sidecar/pyproject.toml."""
+    project = tomllib.loads((SIDECAR_PROJECT / "pyproject.toml").read_text())["project"]
     return sorted({*project["dependencies"], *project["optional-dependencies"]["demo"]})
 
 
@@ -236,12 +239,12 @@ def base_layer(work: Path) -> Layer:
 
 
 def app_layer(work: Path) -> Layer:
-    """The project from its wheel, under ``APP_DIR`` (rebuilt every time)."""
+    """asgi-sidecar from its wheel, under ``APP_DIR`` (rebuilt every time)."""
     wheels = work / "wheel"
     shutil.rmtree(wheels, ignore_errors=True)
-    _run("pip wheel (project)", [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                                 "--wheel-dir", wheels, ROOT])  # fmt: skip
-    (wheel,) = wheels.glob("asgi_operator-*.whl")
+    _run("pip wheel (asgi-sidecar)", [sys.executable, "-m", "pip", "wheel", "--quiet",
+         "--no-deps", "--wheel-dir", wheels, SIDECAR_PROJECT])  # fmt: skip
+    (wheel,) = wheels.glob("asgi_sidecar-*.whl")
     root = work / "app-root"
     shutil.rmtree(root, ignore_errors=True)
     target = root / APP_DIR.lstrip("/")

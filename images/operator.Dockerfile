@@ -1,4 +1,5 @@
-# The asgi-operator image: the kopf operator (the `operator` extra: kopf, kubernetes).
+# The asgi-operator image: the kopf operator (the asgi-operator distribution: kopf, the
+# Kubernetes client, and the asgi-sidecar distribution it depends on).
 # Build from the repository root:
 #   docker build -f images/operator.Dockerfile -t asgi-dev/asgi-operator:0.1.0 .
 # Runs as uid 65532 with a read-only root filesystem: the bytecode is compiled at build
@@ -10,13 +11,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 COPY operator ./operator
-# A wheel of this repository, installed with the operator extra into a venv that the
-# final stage copies; pip byte-compiles the venv.
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+# Both distributions as wheels, installed into a venv that the final stage copies (the
+# local asgi-sidecar wheel satisfies asgi-operator's pin); pip byte-compiles the venv.
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ./sidecar . \
     && python -m venv /opt/venv \
-    && for wheel in /wheels/asgi_operator-*.whl; do \
-         /opt/venv/bin/pip install --no-cache-dir "${wheel}[operator]"; \
-       done \
+    && /opt/venv/bin/pip install --no-cache-dir --find-links /wheels \
+         /wheels/asgi_operator-*.whl \
     && /opt/venv/bin/python -c "import kopf, kubernetes, asgi_operator.cli"
 
 FROM ${PYTHON_IMAGE}

@@ -7,14 +7,12 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
-COPY operator ./operator
-# A wheel of this repository, installed (base dependencies only) into a venv that the
-# final stage copies; pip byte-compiles the venv.
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+# The asgi-sidecar distribution (sidecar/pyproject.toml) as a wheel, installed into a venv
+# that the final stage copies; pip byte-compiles the venv. No operator code, no kopf.
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ./sidecar \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir /wheels/asgi_operator-*.whl \
+    && /opt/venv/bin/pip install --no-cache-dir /wheels/asgi_sidecar-*.whl \
     && /opt/venv/bin/python -c "import uvloop, httptools, asgi_sidecar.cli"
 
 FROM ${PYTHON_IMAGE}

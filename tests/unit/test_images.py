@@ -15,8 +15,10 @@ import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from asgi_operator.cli import build_parser
 from asgi_operator.config import OperatorSettings
@@ -163,22 +165,43 @@ def test_runs_as_numeric_non_root_user(path):
     assert int(user) == SIDECAR_USER
 
 
+def project(folder: Path) -> dict[str, Any]:
+    data: dict[str, Any] = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+    return data
+
+
 def test_entrypoints_are_console_scripts():
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    for path, command in ((SIDECAR, "asgi-sidecar"), (OPERATOR, "asgi-operator")):
+    for path, folder, command in (
+        (SIDECAR, ROOT / "sidecar", "asgi-sidecar"),
+        (OPERATOR, ROOT, "asgi-operator"),
+    ):
         assert entrypoint(final(path)) == [command]
-        assert command in scripts
+        assert command in project(folder)["scripts"]
 
 
-def test_extras_installed():
+def test_each_image_installs_its_own_distribution():
     sidecar_build = " ".join(stages(SIDECAR)[1][0].all("RUN"))
     operator_build = " ".join(stages(OPERATOR)[1][0].all("RUN"))
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"
-    ]
-    assert "operator" in extras
-    assert "[operator]" in operator_build
-    assert "[" not in sidecar_build.split("pip install", 1)[1]  # base dependencies only
+    assert "asgi_sidecar-*.whl" in sidecar_build
+    assert "asgi_operator" not in sidecar_build  # no kopf in the sidecar's image
+    assert "asgi_operator-*.whl" in operator_build
+    assert "--find-links /wheels" in operator_build  # its asgi-sidecar from the same source
+
+
+def test_the_two_distributions_move_together():
+    """One version everywhere: both pyprojects, both packages, the pin and the chart."""
+    from asgi_operator import __version__ as operator_version
+    from asgi_sidecar import __version__ as sidecar_version
+
+    operator, sidecar = project(ROOT), project(ROOT / "sidecar")
+    version = operator["version"]
+    assert sidecar["version"] == version == operator_version == sidecar_version
+    assert f"asgi-sidecar=={version}" in operator["dependencies"]
+    chart = yaml.safe_load((ROOT / "charts" / "asgi-operator" / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version
+    names = " ".join(operator["dependencies"])
+    assert "kopf" in names
+    assert not any(n in " ".join(sidecar["dependencies"]) for n in ("kopf", "kubernetes"))
 
 
 def test_sidecar_exposes_the_ports_the_manifests_use():
