@@ -61,6 +61,11 @@ def _wake(ex: Exchange) -> bool:
     return True
 
 
+# At the end of a drain, connections idle at least this long are closed; younger ones are
+# looked at again after this long, at most DRAIN_IDLE_ROUNDS times in all.
+DRAIN_IDLE_GRACE: Final = 0.5
+DRAIN_IDLE_ROUNDS: Final = 10
+
 class ProxyCore:
     mode: Final = "proxy"
 
@@ -130,11 +135,21 @@ class ProxyCore:
         log.info("preStop drain: readiness is now 503, connections close after a response")
         self.ready = False
         self.close_after_response = True
-        self.loop.call_later(seconds, self._close_idle)
+        self.loop.call_later(seconds, self._close_idle, DRAIN_IDLE_ROUNDS)
 
-    def _close_idle(self) -> None:
-        while (conn := self.idle.pop_oldest()) is not None:
+    def _close_idle(self, rounds: int) -> None:
+        """Close the connections idle for DRAIN_IDLE_GRACE or longer.  One opened or
+        answered just now may have its request on the way: closing it would be the very
+        keep-alive race the drain avoids (the client reads a close, no response), so it is
+        looked at again a moment later; the last round closes whatever is left."""
+        if rounds <= 1:
+            cutoff = float("inf")
+        else:
+            cutoff = self.loop.time() + self.settings.timeout_keep_alive - DRAIN_IDLE_GRACE
+        for conn in self.idle.pop_expired(cutoff):
             conn.close("shutdown")
+        if len(self.idle) and rounds > 1:
+            self.loop.call_later(DRAIN_IDLE_GRACE, self._close_idle, rounds - 1)
 
     def stop_accepting(self) -> None:
         """Stop accepting, close idle connections, make every response close its connection."""
