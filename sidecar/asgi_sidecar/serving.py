@@ -66,6 +66,7 @@ def _wake(ex: Exchange) -> bool:
 DRAIN_IDLE_GRACE: Final = 0.5
 DRAIN_IDLE_ROUNDS: Final = 10
 
+
 class ProxyCore:
     mode: Final = "proxy"
 
