@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := wrk nginx-light iproute2 util-linux prometheus
 
-.PHONY: test run run-node node-images lint typecheck unit integration node bench bench-% system-deps venv clean help crds podschema cluster demo dashcheck helm validators chart-files
+.PHONY: test run run-node node-images images push registry lint typecheck unit integration node bench bench-% system-deps venv clean help crds podschema cluster demo dashcheck helm validators chart-files
 
 help:
 	@echo "make test   - install everything, lint, type-check, run all tests"
@@ -15,6 +15,8 @@ help:
 	@echo "make run-node - the same on a real node (kubelet, containerd): real Pods"
 	@echo "make demo   - a FastAPI app behind the sidecar on localhost"
 	@echo "make bench  - benchmarks against nginx and plain uvicorn (prints tables)"
+	@echo "make images - OCI image archives of the sidecar, the operator and the demo app"
+	@echo "make push REGISTRY=host[:port]/prefix - push them there with skopeo"
 
 # The two distributions, editable: asgi-sidecar (sidecar/) and asgi-operator (the root),
 # whose pin on asgi-sidecar the local one satisfies.
@@ -32,7 +34,8 @@ venv: $(STAMP)
 # Debian packages the tests and benchmarks use, installed only when missing: containerd,
 # runc, the CNI plugins and iptables are the real node's (hack/node.py, hack/kubeproxy.py),
 # debootstrap builds its images' base layer (hack/nodeimages.py), slowhttptest makes the
-# slow-client attacks, and cargo fetches the HTTP desync corpus (hack/desynccorpus.py).
+# slow-client attacks, cargo fetches the HTTP desync corpus (hack/desynccorpus.py), and
+# skopeo pushes the images (hack/registry.py).
 system-deps:
 	@missing=""; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
@@ -47,6 +50,7 @@ system-deps:
 	command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing="$$missing iptables"; \
 	command -v slowhttptest >/dev/null || missing="$$missing slowhttptest"; \
 	command -v cargo >/dev/null || missing="$$missing cargo"; \
+	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
@@ -64,14 +68,14 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP) system-deps dashcheck validators
+integration: $(STAMP) system-deps dashcheck validators registry
 	$(BIN)/pytest -q tests/integration
 
 # End to end on a real node (tests/node; root, containerd, runc, cgroups).
-node: $(STAMP) system-deps cluster
+node: $(STAMP) system-deps cluster registry
 	$(BIN)/pytest -q tests/node
 
-test: $(STAMP) system-deps cluster helm dashcheck validators lint typecheck
+test: $(STAMP) system-deps cluster helm dashcheck validators registry lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 crds: $(STAMP)
@@ -120,6 +124,11 @@ dashcheck:
 validators:
 	hack/validators/build.sh
 
+# The distribution registry (github.com/distribution/distribution/v3, Go module proxy) into
+# .cache/bin, for the push tests; `$(PY) -m hack.registry serve` runs one on 127.0.0.1:5000.
+registry:
+	hack/build-registry.sh
+
 # hack/ and bench/ are packages run from the repository root, so they import each other and
 # tests.support without sys.path edits.
 run: $(STAMP) cluster
@@ -128,6 +137,18 @@ run: $(STAMP) cluster
 # The images of the real node, built without a container engine (hack/nodeimages.py).
 node-images: $(STAMP) system-deps
 	$(PY) -m hack.nodeimages build
+
+# One OCI image layout archive per image to push (asgi-sidecar, asgi-operator, asgi-demo)
+# in .cache/images/oci, also built without an engine, from the same cached layers.
+images: $(STAMP) system-deps
+	$(PY) -m hack.nodeimages oci
+
+# make push REGISTRY=host[:port]/prefix: REGISTRY/<name>:<version> for each image, with
+# skopeo (its own credentials: `skopeo login host`); TLS but for a registry on loopback.
+push: $(STAMP) system-deps
+	@if [ -z "$(REGISTRY)" ]; then echo "usage: make push REGISTRY=host[:port]/prefix" >&2; exit 2; fi
+	$(PY) -m hack.nodeimages oci
+	$(PY) -m hack.registry push '$(REGISTRY)'
 
 run-node: $(STAMP) system-deps cluster
 	$(PY) -m hack.run --node

@@ -42,6 +42,7 @@ from hack.nodeconfig import (
     containerd_config,
     kubelet_config,
     missing_requirements,
+    registry_hosts_toml,
 )
 from hack.supervisor import Supervisor, free_port
 
@@ -75,6 +76,7 @@ class LocalNode:
         self.state = Path(tempfile.mkdtemp(prefix=f"asgi-node-{bridge}-", dir="/run"))
         self.socket = self.state / "containerd.sock"
         self.kubelet_root = self.work_dir / "kubelet"
+        self.registry_hosts = self.work_dir / "registry-hosts"  # containerd's config_path
         self.cgroup_root = f"/asgi-{bridge}"  # the kubelet's; it must exist in every hierarchy
         self.timings: dict[str, float] = {}
         self._netns_before = _cni_netns()
@@ -103,6 +105,13 @@ class LocalNode:
         if check and done.returncode != 0:
             raise ClusterError(f"ctr {' '.join(args)} failed: {done.stderr.strip()}")
         return done
+
+    def trust_registry(self, address: str) -> None:
+        """Let the kubelet's pulls from ``address`` (a loopback registry, host:port) use
+        plain HTTP; containerd reads it at the next pull, no restart."""
+        folder = self.registry_hosts / address
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hosts.toml").write_text(registry_hosts_toml(address, plain_http=True))
 
     def start(self) -> None:
         missing = missing_requirements()
@@ -159,9 +168,11 @@ class LocalNode:
         root = self.work_dir / "containerd"
         root.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "containerd.toml"
+        shutil.rmtree(self.registry_hosts, ignore_errors=True)
+        self.registry_hosts.mkdir(parents=True)
         config.write_text(
             containerd_config(root, self.state / "state", self.socket, cni / "net.d",
-                              self.pause_image)
+                              self.pause_image, registry_hosts=self.registry_hosts)
         )  # fmt: skip
         t0 = time.monotonic()
         self.processes.spawn("containerd", shutil.which("containerd") or "containerd",

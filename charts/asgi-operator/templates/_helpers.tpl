@@ -182,6 +182,12 @@ spec:
         {{- end }}
       {{- if or .Values.peering.enabled .Values.extraEnv }}
       env:
+        # kopf names the operator after its Pod (peering, logs); without it kopf asks the
+        # system for the user name, and uid 65532 has none in a slim image.
+        - name: POD_ID
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
         {{- if .Values.peering.enabled }}
         - name: POD_INDEX
           valueFrom:
