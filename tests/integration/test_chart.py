@@ -10,7 +10,6 @@ import copy
 import datetime
 import json
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,13 +24,13 @@ from asgi_operator.certificates import Bundle, from_secret_data, sign_serving, t
 from asgi_operator.injecting import INJECT_LABEL, INJECTED_ANNOTATION
 from asgi_operator.pods import PROXY_CONTAINER
 from hack.supervisor import free_port
+from tests.support.helm import helm
 from tests.support.kube import QUICK, Operator, condition, eventually
 from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.timeout(240)
 
 CHART = ROOT / "charts" / "asgi-operator"
-HELM = ROOT / ".cache" / "bin" / "helm"
 KUBE_VERSION = "1.33.13"
 CI_VALUES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 RELEASE_NS = "asgi-system"
@@ -79,18 +78,6 @@ STAND_IN_CRDS = [
         ("cert-manager.io", "Certificate", "certificates"),
     )
 ]
-
-
-def helm(*args: str, kubeconfig: Path | None = None) -> str:
-    if not HELM.is_file():
-        raise RuntimeError(f"{HELM} missing: run `make helm` (hack/build-helm.sh)")
-    cmd = [str(HELM), *args]
-    if kubeconfig is not None:
-        cmd += ["--kubeconfig", str(kubeconfig)]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
 
 
 def render(*values: str, release: str = "asgi", sets: tuple[str, ...] = ()) -> list[Any]:
