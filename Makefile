@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := wrk nginx-light iproute2 util-linux prometheus
 
-.PHONY: test run run-node node-images images push registry lint typecheck unit integration node bench bench-% system-deps venv clean help crds podschema cluster demo dashcheck helm validators chart-files
+.PHONY: compiled test run run-node node-images images push registry lint typecheck unit integration node bench bench-% system-deps venv clean help crds podschema cluster demo dashcheck helm validators chart-files
 
 help:
 	@echo "make test   - install everything, lint, type-check, run all tests"
@@ -19,23 +19,45 @@ help:
 	@echo "make push REGISTRY=host[:port]/prefix - push them there with skopeo"
 
 # The two distributions, editable: asgi-sidecar (sidecar/) and asgi-operator (the root),
-# whose pin on asgi-sidecar the local one satisfies.
+# whose pin on asgi-sidecar the local one satisfies.  Installed pure (ASGI_SIDECAR_PURE):
+# the compiled modules are built in place below, from the venv's mypyc.
 $(STAMP): pyproject.toml sidecar/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./sidecar -e '.[dev,demo]'
+	$(PY) -m pip install --quiet --upgrade pip 'setuptools>=77'
+	ASGI_SIDECAR_PURE=1 $(PY) -m pip install --quiet -e ./sidecar -e '.[dev,demo]'
 	# A venv from before the split had asgi-sidecar's script in asgi-operator's record, and
 	# replacing that removed the script: install asgi-sidecar once more, alone (a second).
-	$(PY) -m pip install --quiet --no-deps --force-reinstall -e ./sidecar
+	ASGI_SIDECAR_PURE=1 $(PY) -m pip install --quiet --no-deps --force-reinstall -e ./sidecar
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The compiled build of the sidecar's hot path (sidecar/setup.py, mypyc), as C extensions
+# beside the sources in sidecar/asgi_sidecar; rebuilt when a compiled module changes.
+# `make test SIDECAR_BUILD=pure` runs everything on the pure build instead (ASGI_SIDECAR_PURE
+# makes the package load the sources); the compiled modules are built either way.
+SIDECAR_BUILD ?= compiled
+COMPILED_STAMP := sidecar/build/.compiled
+COMPILED_SOURCES := sidecar/setup.py $(wildcard sidecar/asgi_sidecar/*.py)
+$(COMPILED_STAMP): $(STAMP) $(COMPILED_SOURCES)
+	rm -f sidecar/asgi_sidecar/*.so
+	cd sidecar && ../$(PY) setup.py --quiet build_ext --inplace
+	ASGI_SIDECAR_PURE= $(PY) -c 'from asgi_sidecar import builds; b = builds.running_build(); assert b == "compiled", b'
+	touch $(COMPILED_STAMP)
+
+compiled: $(COMPILED_STAMP)
+ifeq ($(SIDECAR_BUILD),pure)
+export ASGI_SIDECAR_PURE := 1
+else ifneq ($(SIDECAR_BUILD),compiled)
+$(error SIDECAR_BUILD is "compiled" (the default) or "pure", not "$(SIDECAR_BUILD)")
+endif
 
 # Debian packages the tests and benchmarks use, installed only when missing: containerd,
 # runc, the CNI plugins and iptables are the real node's (hack/node.py, hack/kubeproxy.py),
 # debootstrap builds its images' base layer (hack/nodeimages.py), slowhttptest makes the
 # slow-client attacks, cargo fetches the HTTP desync corpus (hack/desynccorpus.py), and
-# skopeo pushes the images (hack/registry.py).
+# skopeo pushes the images (hack/registry.py), and valgrind counts the instructions per
+# request (make bench-instructions).
 system-deps:
 	@missing=""; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
@@ -51,6 +73,7 @@ system-deps:
 	command -v slowhttptest >/dev/null || missing="$$missing slowhttptest"; \
 	command -v cargo >/dev/null || missing="$$missing cargo"; \
 	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
@@ -65,18 +88,25 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy --strict hack
 
-unit: $(STAMP)
+unit: $(STAMP) $(COMPILED_STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP) system-deps dashcheck validators registry
+integration: $(STAMP) $(COMPILED_STAMP) system-deps dashcheck validators registry
 	$(BIN)/pytest -q tests/integration
 
 # End to end on a real node (tests/node; root, containerd, runc, cgroups).
-node: $(STAMP) system-deps cluster registry
+node: $(STAMP) $(COMPILED_STAMP) system-deps cluster registry
 	$(BIN)/pytest -q tests/node
 
-test: $(STAMP) system-deps cluster helm dashcheck validators registry lint typecheck
+# Everything on the build SIDECAR_BUILD names; then, on the compiled build's default, the
+# unit tests and the proxy's own integration tests once more on the pure build.
+PURE_TESTS := tests/unit tests/integration/test_proxying.py tests/integration/test_limits.py \
+	tests/integration/test_rfc9112_requests.py tests/integration/test_rfc9112_responses.py
+test: $(STAMP) $(COMPILED_STAMP) system-deps cluster helm dashcheck validators registry lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
+ifeq ($(SIDECAR_BUILD),compiled)
+	ASGI_SIDECAR_PURE=1 $(BIN)/pytest -q -p no:cacheprovider $(PURE_TESTS)
+endif
 
 crds: $(STAMP)
 	$(PY) -m asgi_operator.crdgen > crds/asgiservers.asgi.dev.yaml
@@ -131,7 +161,7 @@ registry:
 
 # hack/ and bench/ are packages run from the repository root, so they import each other and
 # tests.support without sys.path edits.
-run: $(STAMP) cluster
+run: $(STAMP) $(COMPILED_STAMP) cluster
 	$(PY) -m hack.run
 
 # The images of the real node, built without a container engine (hack/nodeimages.py).
@@ -150,17 +180,17 @@ push: $(STAMP) system-deps
 	$(PY) -m hack.nodeimages oci
 	$(PY) -m hack.registry push '$(REGISTRY)'
 
-run-node: $(STAMP) system-deps cluster
+run-node: $(STAMP) $(COMPILED_STAMP) system-deps cluster
 	$(PY) -m hack.run --node
 
-demo: $(STAMP)
+demo: $(STAMP) $(COMPILED_STAMP)
 	$(PY) -m asgi_sidecar.demo
 
-bench: $(STAMP) system-deps
+bench: $(STAMP) $(COMPILED_STAMP) system-deps
 	$(PY) -m bench.run all
 
-bench-%: $(STAMP) system-deps
+bench-%: $(STAMP) $(COMPILED_STAMP) system-deps
 	$(PY) -m bench.run $*
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache sidecar/build sidecar/asgi_sidecar/*.so

@@ -43,7 +43,7 @@ _FIXED = """\
 
 # The same job the sidecar does: pooled HTTP/1.1 keep-alive to the app, hop-by-hop
 # Connection header cleared, X-Forwarded-For/Proto added.
-_PROXY = """\
+PROXY = """\
     upstream app {{
         server 127.0.0.1:{upstream};
         keepalive 256;
@@ -82,7 +82,7 @@ def start_fixed(procs: Processes, name: str, core: int) -> tuple[Proc, int]:
 def start_proxy(procs: Processes, name: str, upstream: int, core: int) -> tuple[Proc, int]:
     """nginx as a reverse proxy to 127.0.0.1:``upstream``."""
     port = free_port()
-    return _start(procs, name, _PROXY.format(port=port, upstream=upstream), port, core), port
+    return _start(procs, name, PROXY.format(port=port, upstream=upstream), port, core), port
 
 
 def version() -> str:

@@ -150,7 +150,10 @@ class Processes:
         ready_url: str | None = None,
         port: int,
         stop_signal: int = signal.SIGTERM,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 20.0,
     ) -> Proc:
+        """``env``: variables added to the supervisor's environment for this process."""
         popen = self.supervisor.spawn(
             name,
             "taskset",  # taskset execs: the PID is the command's
@@ -159,10 +162,11 @@ class Processes:
             *cmd,
             stop_signal=stop_signal,
             preexec=_child_nofile,
+            env={**(self.supervisor.env or os.environ), **env} if env else None,
         )
         proc = Proc(name, popen, self.workdir / f"{name}.log", stop_signal)
         self.procs.append(proc)
-        wait_ready(proc, ready_url, port)
+        wait_ready(proc, ready_url, port, ready_timeout)
         return proc
 
     def stop(self, proc: Proc) -> None:
@@ -211,12 +215,27 @@ def start_uvicorn(
     return procs.start(name, cmd, core, ready_url=f"http://127.0.0.1:{port}/", port=port), port
 
 
+PURE = {"ASGI_SIDECAR_PURE": "1"}  # the env of a sidecar on its pure-Python build
+
+
 def start_sidecar(
-    procs: Processes, name: str, mode: list[str], core: int, *extra: str
+    procs: Processes,
+    name: str,
+    mode: list[str],
+    core: int,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    wrapper: list[str] | None = None,
+    ready_timeout: float = 20.0,
 ) -> tuple[Proc, int]:
+    """``wrapper``: a command the sidecar runs under (valgrind), given ``python -m``."""
     port, metrics_port = free_port(), free_port()
     cmd = sidecar_cmd(mode, port, metrics_port, *extra)
+    if wrapper is not None:
+        cmd = [*wrapper, sys.executable, "-m", "asgi_sidecar", *cmd[1:]]
     ready = f"http://127.0.0.1:{metrics_port}/readyz"
-    proc = procs.start(name, cmd, core, ready_url=ready, port=port)
+    proc = procs.start(
+        name, cmd, core, ready_url=ready, port=port, env=env, ready_timeout=ready_timeout
+    )
     proc.extra["metrics_port"] = metrics_port
     return proc, port

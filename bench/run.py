@@ -1,8 +1,8 @@
 """Benchmarks of asgi-sidecar against its peers (nginx, plain uvicorn), one Markdown table each.
 
-Usage: ``python -m bench.run all|<scenario>``, a scenario being a key of ``SCENARIOS`` (ceiling,
-app, embedded, overload, idle, operator, autotune, keepalive, slow, admission), from the
-repository root (``make bench``, ``make bench-<name>``).
+Usage: ``python -m bench.run all|<scenario>``, a scenario being a key of ``SCENARIOS``
+(ceiling, app, embedded, overload, idle, instructions, operator, autotune, keepalive, slow,
+admission), from the repository root (``make bench``, ``make bench-<name>``).
 
 Every process (nginx with generated configs, uvicorn, the sidecar) is started
 here on free loopback ports, pinned with taskset, and stopped by PID when its
@@ -28,6 +28,7 @@ from bench import (
     admission,
     autotune,
     idle,
+    instructions,
     keepalive,
     nginx,
     operator_bench,
@@ -47,6 +48,7 @@ SCENARIOS: dict[str, Scenario] = {
     "embedded": throughput.embedded,
     "overload": overload.overload,
     "idle": idle.idle,
+    "instructions": instructions.instructions,
     "operator": operator_bench.operator,
     "autotune": autotune.autotune,
     "keepalive": keepalive.keepalive,

@@ -262,8 +262,10 @@ def app_layer(work: Path, name: str, projects: Sequence[Path]) -> Layer:
     wheels, root = work / f"{name}-wheels", work / f"{name}-app-root"
     for path in (wheels, root):
         shutil.rmtree(path, ignore_errors=True)
+    # PYTHONHASHSEED: mypyc writes the same C for the same sources (sidecar/setup.py maps
+    # the build's paths out of the debug info), so a rebuilt layer keeps its digest.
     _run(f"pip wheel ({name})", [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-         "--wheel-dir", wheels, *projects])  # fmt: skip
+         "--wheel-dir", wheels, *projects], env={**os.environ, "PYTHONHASHSEED": "0"})  # fmt: skip
     target = root / APP_DIR.lstrip("/")
     _run(f"pip install --target ({name})", [sys.executable, "-m", "pip", "install", "--quiet",
          "--no-deps", "--no-compile", "--target", target, *wheels.glob("*.whl")])  # fmt: skip

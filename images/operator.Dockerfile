@@ -4,9 +4,12 @@
 #   docker build -f images/operator.Dockerfile -t asgi-dev/asgi-operator:0.1.0 .
 # Runs as uid 65532 with a read-only root filesystem: the bytecode is compiled at build
 # time and nothing is written at run time.
+# The build stage is the full Python image, which has gcc for asgi-sidecar's compiled
+# modules (sidecar/setup.py); the final stage is the slim one.
+ARG BUILD_IMAGE=python:3.11
 ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from asgi_sidecar import __version__
+from asgi_sidecar import __version__, builds
 from asgi_sidecar.configuring import ConfigError, dump_settings, load_settings
 from asgi_sidecar.settings import SidecarSettings, is_nullable
 
@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="asgi-sidecar",
         description="HTTP/1.1 front server for ASGI apps: keep-alive, limits, backlog, metrics.",
     )
-    parser.add_argument("--version", action="version", version=f"asgi-sidecar {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"asgi-sidecar {__version__} ({builds.describe()})"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     proxy = commands.add_parser("proxy", help="proxy to an app listening on --upstream")
     _add_settings_flags(proxy)

@@ -41,7 +41,6 @@ class Exchange(RequestHead):
     admitted = False
     queued_at = -1.0
     rejected = False
-    upstream: UpstreamEnd | None = None
     response_started = False
     finished = False
     retried = False
@@ -52,6 +51,8 @@ class Exchange(RequestHead):
         RequestHead.__init__(self)
         self.client = client
         self.body_parts: list[bytes] = []
+        # Set here: compiled, a class-level None default of a Protocol type is left unset.
+        self.upstream: UpstreamEnd | None = None
 
     @property
     def retryable(self) -> bool:

@@ -10,7 +10,6 @@ read the same way, so anything RFC 9112 leaves open to two readings is refused
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 # Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1).
@@ -37,33 +36,77 @@ _TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijk
 # ends a string for others.
 _CTL: Final = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])
 _OWS: Final = b" \t"
+_ZERO: Final = 0x30  # b"0"[0]
+_SPACE: Final = 0x20
 
 
 class ProtocolError(Exception):
     """The upstream sent something that is not HTTP/1.x, or that two readers could read apart."""
 
 
-@dataclass(slots=True)
 class ResponseHead:
-    status: int
-    status_line: bytes  # "HTTP/1.1 200 OK", normalised to HTTP/1.1
-    headers: bytes  # the end-to-end header lines, each ending in CRLF
-    content_length: int | None
-    chunked: bool
-    close: bool  # this upstream connection must not carry another request
-    upgrade: bool
+    """An upstream response head, parsed: what the proxy needs to frame and forward it."""
+
+    __slots__ = ("chunked", "close", "content_length", "headers", "status", "status_line")
+
+    def __init__(
+        self,
+        status: int,
+        status_line: bytes,
+        headers: bytes,
+        content_length: int | None,
+        chunked: bool,
+        close: bool,
+    ) -> None:
+        self.status = status
+        self.status_line = status_line  # "HTTP/1.1 200 OK", normalised to HTTP/1.1
+        self.headers = headers  # the end-to-end header lines, each ending in CRLF
+        self.content_length = content_length
+        self.chunked = chunked
+        self.close = close  # this upstream connection must not carry another request
+
+    def __repr__(self) -> str:
+        return f"ResponseHead({self.status_line!r}, {self.headers!r})"
+
+
+# Field names already found to be tokens, each with its lower-case form: apps and clients
+# send the same few names every time, so each is checked (and lowered) once, not per
+# message.  Bounded: emptied when full, so no upstream can make it grow.
+_FIELD_NAMES: Final[dict[bytes, bytes]] = {}
+_FIELD_NAMES_MAX: Final = 1024
+# Fields the parser acts on; every other line is forwarded as it came.
+_FRAMING_FIELDS: Final = HOP_BY_HOP | {b"content-length"}
 
 
 def _is_token(name: bytes) -> bool:
     return bool(name) and not name.translate(None, _TCHAR)
 
 
+def lower_name(name: bytes) -> bytes | None:
+    """The lower-case form of a field name if it is a token (RFC 9110 5.1), else None."""
+    lname = _FIELD_NAMES.get(name)
+    if lname is None:
+        if not _is_token(name):
+            return None
+        if len(_FIELD_NAMES) >= _FIELD_NAMES_MAX:
+            _FIELD_NAMES.clear()
+        lname = name.lower()
+        _FIELD_NAMES[name] = lname
+    return lname
+
+
 def _content_length(value: bytes) -> int:
+    """Digits only: int() would also take "+1", "1_0", " 1", and a list "1, 1" is refused."""
     digits = value.strip(_OWS)
-    # digits only: int() would also take "+1", "1_0", " 1", and a list "1, 1" is refused
-    if not digits.isdigit():  # bytes.isdigit() is ASCII digits only
+    if not digits:
         raise ProtocolError(f"bad content-length {value[:32]!r}")
-    return int(digits)
+    length = 0
+    for byte in digits:
+        digit = byte - _ZERO
+        if not 0 <= digit <= 9:
+            raise ProtocolError(f"bad content-length {value[:32]!r}")
+        length = length * 10 + digit
+    return length
 
 
 def parse_response_head(head: bytes) -> ResponseHead:
@@ -84,49 +127,50 @@ def parse_response_head(head: bytes) -> ResponseHead:
       reused, as its sender's framing is in doubt;
     - 1xx and 204 carry no framing headers (RFC 9110 8.6, RFC 9112 6.1);
     - headers named in ``Connection`` are removed with it (RFC 9110 7.6.1).
+
+    It runs once per response, so the usual head costs a few operations per line: the
+    field lines are kept as they came and joined once.
     """
     lines = head.split(b"\r\n")
     first = lines[0]
+    size = len(first)
+    # Read as byte values, not slices: no object is made for a well-formed status line.
     if (
-        len(first) < 12
+        size < 12
         or not first.startswith(b"HTTP/1.")
-        or first[7:8] not in (b"0", b"1")
-        or first[8:9] != b" "
-        or first[12:13] not in (b"", b" ")
+        or first[7] not in (_ZERO, _ZERO + 1)
+        or first[8] != _SPACE
+        or (size > 12 and first[12] != _SPACE)
     ):
         raise ProtocolError(f"bad status line {first[:64]!r}")
-    code = first[9:12]
-    if not code.isdigit() or code[:1] == b"0":  # three digits, 100-999 (RFC 9112 4)
+    status = 0
+    for i in range(9, 12):
+        digit = first[i] - _ZERO
+        if not 0 <= digit <= 9:
+            raise ProtocolError(f"bad status code in {first[:64]!r}")
+        status = status * 10 + digit
+    if status < 100:  # three digits, 100-999 (RFC 9112 4)
         raise ProtocolError(f"bad status code in {first[:64]!r}")
-    if len(head.translate(None, _CTL)) != len(head) - 2 * len(lines) + 2:
+    count = len(lines)
+    if len(head.translate(None, _CTL)) != len(head) - 2 * count + 2:
         raise ProtocolError("control character (bare CR or LF, NUL, ...) in response head")
-    status = int(code)
-    http10 = first[7:8] == b"0"
+    http10 = first[7] == _ZERO
     close = http10
-    upgrade = False
     codings: list[bytes] = []
     content_length: int | None = None
-    length_line = b""
+    length_at = -1  # where the Content-Length line is in ``kept``
     dropped: set[bytes] = set()  # options named in Connection
-    kept: list[tuple[bytes, bytes]] = []  # (lower-case name, line with its CRLF)
-    for line in lines[1:]:
+    kept: list[bytes] = []
+    for i in range(1, count):
+        line = lines[i]
         name, sep, value = line.partition(b":")
-        if not sep or not _is_token(name):
+        if not sep:
             raise ProtocolError(f"bad header line {line[:64]!r}")
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            lvalue = value.strip(_OWS).lower()
-            if lname == b"connection":
-                tokens = {t.strip(_OWS) for t in lvalue.split(b",")}
-                if b"close" in tokens:
-                    close = True
-                elif http10 and b"keep-alive" in tokens:
-                    close = False
-                if b"upgrade" in tokens:
-                    upgrade = True
-                dropped |= tokens - _CONNECTION_OPTIONS
-            elif lname == b"transfer-encoding":
-                codings += (t.strip(_OWS) for t in lvalue.split(b","))
+        lname = lower_name(name)
+        if lname is None:
+            raise ProtocolError(f"bad header line {line[:64]!r}")
+        if lname not in _FRAMING_FIELDS:
+            kept.append(line)
             continue
         if lname == b"content-length":
             length = _content_length(value)
@@ -135,8 +179,27 @@ def parse_response_head(head: bytes) -> ResponseHead:
                     raise ProtocolError("conflicting content-length")
                 continue  # the same value again: forward one
             content_length = length
-            length_line = line + b"\r\n"
-        kept.append((lname, line + b"\r\n"))
+            length_at = len(kept)
+            kept.append(line)
+            continue
+        lvalue = value.strip(_OWS).lower()
+        if lname == b"connection":
+            if lvalue == b"keep-alive":  # the usual values, without a set of tokens
+                if http10:
+                    close = False
+                continue
+            if lvalue == b"close":
+                close = True
+                continue
+            tokens = {t.strip(_OWS) for t in lvalue.split(b",")}
+            if b"close" in tokens:
+                close = True
+            elif http10 and b"keep-alive" in tokens:
+                close = False
+            dropped |= tokens - _CONNECTION_OPTIONS
+        elif lname == b"transfer-encoding":
+            codings.extend([t.strip(_OWS) for t in lvalue.split(b",")])
+        # other hop-by-hop fields are dropped
     chunked = False
     if codings:
         if codings != [b"chunked"] or http10:
@@ -147,22 +210,27 @@ def parse_response_head(head: bytes) -> ResponseHead:
             # would read the body differently (RFC 9112 6.3).
             content_length = None
             close = True
-            kept.remove((b"content-length", length_line))
+            del kept[length_at]
     if status < 200 or status == 204:
         chunked = False
-        content_length = None
-        dropped.add(b"content-length")
+        if content_length is not None:
+            content_length = None
+            del kept[length_at]
     if dropped:
-        kept = [(n, line) for n, line in kept if n not in dropped]
+        kept = [line for line in kept if _line_name(line) not in dropped]
+    kept.append(b"")  # the join ends the last line with its CRLF too
     return ResponseHead(
-        status=status,
-        status_line=b"HTTP/1.1" + first[8:],
-        headers=b"".join(line for _, line in kept),
-        content_length=content_length,
-        chunked=chunked,
-        close=close,
-        upgrade=upgrade,
+        status,
+        first if not http10 else b"HTTP/1.1" + first[8:],
+        b"\r\n".join(kept),
+        content_length,
+        chunked,
+        close,
     )
+
+
+def _line_name(line: bytes) -> bytes:
+    return line.partition(b":")[0].lower()
 
 
 def response_has_body(status: int, request_method: bytes) -> bool:

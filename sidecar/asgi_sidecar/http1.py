@@ -15,7 +15,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Final
 
-from asgi_sidecar.framing import HOP_BY_HOP, ResponseHead
+from asgi_sidecar.framing import HOP_BY_HOP, ResponseHead, lower_name
 from asgi_sidecar.refusing import (
     REQUEST_LINE_END,
     BadTransferEncodingError,
@@ -93,11 +93,11 @@ class RequestHead:
 
     def add_header(self, name: bytes, value: bytes) -> None:
         self.head_size += len(name) + len(value) + 4
-        lname = name.lower()
+        lname = lower_name(name) or name.lower()  # llhttp checked that it is a token
         if lname not in _SPECIAL:
             if b"_" in lname and lname.replace(b"-", b"_") in _FRAMING_ALIASES:
                 self.alias_seen = True
-            self.head.append(name + b": " + value + b"\r\n")
+            self.head.append(b"".join((name, b": ", value, b"\r\n")))
             return
         if lname == b"content-length":
             self.has_body = value.strip() not in (b"0", b"")

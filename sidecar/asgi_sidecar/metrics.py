@@ -235,8 +235,10 @@ def make_registry(collector: Collector) -> CollectorRegistry:
     return registry
 
 
-def settings_info(settings_dump: dict[str, object], mode: str, version: str) -> dict[str, str]:
-    labels = {"version": version, "mode": mode}
+def settings_info(
+    settings_dump: dict[str, object], mode: str, version: str, build: str
+) -> dict[str, str]:
+    labels = {"version": version, "mode": mode, "build": build}
     for key, value in settings_dump.items():
         labels[key] = "" if value is None else str(value)
     return labels

@@ -17,6 +17,8 @@ from asgi_sidecar.tracking import Deadlines
 from asgi_sidecar.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from asgi_sidecar.exchanges import Exchange
     from asgi_sidecar.settings import SidecarSettings
 
@@ -30,6 +32,7 @@ class UpstreamPool:
         self, loop: asyncio.AbstractEventLoop, settings: SidecarSettings, host: str, port: int
     ) -> None:
         self.loop = loop
+        self.clock: Callable[[], float] = loop.time  # looked up once (see serving.ProxyCore)
         self.settings = settings  # kept current by the core
         self.host = host
         self.port = port
@@ -90,7 +93,7 @@ class UpstreamPool:
             conn.close()
             return
         conn.resume_reading()  # a slow client may have paused it; the next one must not hang
-        conn.idle_since = self.loop.time()
+        conn.idle_since = self.clock()
         self.idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:

@@ -243,7 +243,7 @@ class FrontConnection(RequestReader):
         if self.pending:
             if self.paused & PAUSE_PIPELINE and len(self.pending) < PIPELINE_LIMIT:
                 self.resume_reading(PAUSE_PIPELINE)
-            self._start(self.pending.popleft())
+            self._start(self.pending.pop(0))
         elif self.parsing is None:
             self.idle_since = monotonic()
             self.core.went_idle(self)

@@ -11,7 +11,6 @@ turn, so memory stays bounded whatever the client sends.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING, Final
 
@@ -75,7 +74,9 @@ class RequestReader(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.current: Exchange | None = None
         self.parsing: Exchange | None = None
-        self.pending: deque[Exchange] = deque()
+        # A list, not a deque: an idle connection holds one, and an empty deque is ~600 bytes
+        # against 56; it never holds more than PIPELINE_LIMIT.
+        self.pending: list[Exchange] = []
         self.peer_ip = b""
         self.requests_seen = 0
         self.idle_since = 0.0

@@ -31,33 +31,51 @@ class RequestRefusedError(Exception):
     """A head that breaks an RFC 9112 rule: answered with ``status`` and closed, counted
     under ``reason`` in asgi_requests_rejected_total."""
 
-    status = 400
-    reason = "bad_request"
-
-    def __init__(self, status: int | None = None, reason: str | None = None) -> None:
+    # Set in __init__, not as class defaults a subclass overrides: compiled (mypyc) classes
+    # keep instance attributes in slots, and a subclass's class attribute would not fill one.
+    def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
-        if status is not None:
-            self.status = status
-        if reason is not None:
-            self.reason = reason
+        self.status = status
+        self.reason = reason
 
 
 class BadTransferEncodingError(RequestRefusedError):
     """Transfer-Encoding without chunked last, or chunked twice, or in an HTTP/1.0
     request: 400 (RFC 9112 6.1, 6.3)."""
 
-    reason = "smuggling"
+    def __init__(self) -> None:
+        super().__init__(400, "smuggling")
 
 
 class RequestLineTooLongError(RequestRefusedError):
     """A request line over max_header_size: 414 URI Too Long, as nginx answers it."""
 
-    status = 414
-    reason = "uri_too_long"
+    def __init__(self) -> None:
+        super().__init__(414, "uri_too_long")
+
+
+# Authorities already checked, and what was found: nearly every request carries one of a
+# few Host values.  Bounded in entries and in length, so no client can make it grow.
+_AUTHORITIES: Final[dict[bytes, bool]] = {}
+_AUTHORITIES_MAX: Final = 1024
+_AUTHORITY_CACHED_LENGTH: Final = 255  # a DNS name (253) and a little more
 
 
 def valid_authority(value: bytes) -> bool:
-    """``uri-host [":" port]``, the syntax of Host and of an absolute-form authority.
+    """``uri-host [":" port]``, the syntax of Host and of an absolute-form authority."""
+    known = _AUTHORITIES.get(value)
+    if known is not None:
+        return known
+    known = _check_authority(value)
+    if len(value) <= _AUTHORITY_CACHED_LENGTH:
+        if len(_AUTHORITIES) >= _AUTHORITIES_MAX:
+            _AUTHORITIES.clear()
+        _AUTHORITIES[value] = known
+    return known
+
+
+def _check_authority(value: bytes) -> bool:
+    """``valid_authority`` without its memo.
 
     RFC 9112 3.2: a Host field with an invalid value gets 400.  No userinfo (``@`` is
     not allowed), no spaces or controls, and no empty host: an http URI with an empty

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from asgi_sidecar import __version__
+from asgi_sidecar import __version__, builds
 from asgi_sidecar.admin import AdminServer
 from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
 from asgi_sidecar.reloading import ConfigWatcher
@@ -117,9 +117,10 @@ async def run(
 ) -> int:
     loop = asyncio.get_running_loop()
     server.open()
+    build = builds.running_build()
 
     def info() -> dict[str, str]:
-        return settings_info(server.settings.model_dump(), server.mode, __version__)
+        return settings_info(server.settings.model_dump(), server.mode, __version__, build)
 
     registry = make_registry(SidecarCollector(server.stats, server.gauges, info))
     admin = AdminServer(
@@ -153,8 +154,9 @@ async def run(
     for signum in SIGNALS:
         loop.add_signal_handler(signum, on_signal)
     log.info(
-        "asgi-sidecar %s %s; metrics on http://%s:%d/metrics",
+        "asgi-sidecar %s (%s) %s; metrics on http://%s:%d/metrics",
         __version__,
+        builds.describe(),
         server.describe(),
         settings.metrics_host,
         admin.port,

@@ -26,7 +26,7 @@ from asgi_sidecar.stats import Stats
 from asgi_sidecar.tracking import SWEEP_INTERVAL, Deadlines
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from pathlib import Path
     from typing import Any
 
@@ -73,6 +73,9 @@ class ProxyCore:
     def __init__(self, settings: SidecarSettings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.loop = loop
+        # The loop's clock as a bound method, looked up once: the per-request deadlines
+        # read it without a method lookup on the loop each time.
+        self.clock: Callable[[], float] = loop.time
         self.stats = Stats()
         self.admission: Admission[Exchange] = Admission(settings, self.stats, loop.time, _wake)
         self.idle: Deadlines[Connection] = Deadlines()
@@ -218,30 +221,30 @@ class ProxyCore:
         if self.stopping:
             conn.close("shutdown")
             return
-        self.idle.add(conn, self.loop.time() + self.settings.timeout_keep_alive)
+        self.idle.add(conn, self.clock() + self.settings.timeout_keep_alive)
 
     def reading_head(self, conn: Connection, was_idle: bool) -> None:
         if was_idle:
             self.idle.discard(conn)
-        self.heads.add(conn, self.loop.time() + self.settings.header_timeout)
+        self.heads.add(conn, self.clock() + self.settings.header_timeout)
 
     def head_read(self, conn: Connection) -> None:
         self.heads.discard(conn)
 
     def reading_body(self, conn: Connection) -> None:
-        self.bodies.add(conn, self.loop.time() + self.settings.body_timeout)
+        self.bodies.add(conn, self.clock() + self.settings.body_timeout)
 
     def body_read(self, conn: Connection) -> None:
         self.bodies.discard(conn)
 
     def send_stalled(self, conn: Connection) -> None:
-        self.sending.add(conn, self.loop.time() + self.settings.send_timeout)
+        self.sending.add(conn, self.clock() + self.settings.send_timeout)
 
     def send_resumed(self, conn: Connection) -> None:
         self.sending.discard(conn)
 
     def went_idle(self, conn: Connection) -> None:
-        self.idle.add(conn, self.loop.time() + self.settings.timeout_keep_alive)
+        self.idle.add(conn, self.clock() + self.settings.timeout_keep_alive)
         if not self._accepting and not self.stopping:
             self._resume_accepting()
 

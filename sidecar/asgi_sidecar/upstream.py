@@ -20,6 +20,8 @@ from asgi_sidecar.exchanges import PAUSE_UPSTREAM
 from asgi_sidecar.framing import ChunkedScanner, ProtocolError, parse_response_head
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from asgi_sidecar.exchanges import Exchange
     from asgi_sidecar.framing import ResponseHead
     from asgi_sidecar.settings import SidecarSettings
@@ -42,6 +44,7 @@ class Pool(Protocol):
     """What an upstream connection needs from its pool (``pooling.UpstreamPool``)."""
 
     loop: asyncio.AbstractEventLoop
+    clock: Callable[[], float]  # the loop's time
     settings: SidecarSettings
     awaiting: Deadlines[Exchange]  # requests sent whose response head has not come
 
@@ -212,7 +215,7 @@ class UpstreamConnection(asyncio.Protocol):
         if client.write_paused:
             self.pause_reading()
         pool = self.pool
-        pool.awaiting.add(ex, pool.loop.time() + pool.settings.upstream_timeout)
+        pool.awaiting.add(ex, pool.clock() + pool.settings.upstream_timeout)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:

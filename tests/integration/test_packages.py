@@ -2,14 +2,18 @@
 ``twine check``, and asgi-sidecar installed alone into a bare virtualenv, where
 ``asgi-sidecar serve`` runs an app and kopf and the Kubernetes client are nowhere.
 
-The builds are isolated (setuptools from PyPI, as on any machine), and the bare
-virtualenv takes asgi-sidecar's dependencies from PyPI too.
+The builds are isolated (setuptools and mypy from PyPI, as on any machine), and the bare
+virtualenv takes asgi-sidecar's dependencies from PyPI too.  asgi-sidecar's wheel is the
+compiled build (mypyc, sidecar/setup.py); built where no C compiler is found, it is the
+pure-Python one, and the build says so.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import sysconfig
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -17,8 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from asgi_sidecar import builds
 from hack.cache import ROOT
 from hack.supervisor import free_port, stop, wait_port
+
+# The compiled wheel's tag: this interpreter and platform.
+PYTAG = f"cp{sys.version_info.major}{sys.version_info.minor}"
+PLATFORM = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+SIDECAR_WHEEL = f"asgi_sidecar-0.1.0-{PYTAG}-{PYTAG}-{PLATFORM}.whl"
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -32,12 +42,14 @@ async def app(scope, receive, send):
 """
 
 
-def run(*cmd: str | Path, cwd: Path = ROOT) -> str:
+def run(*cmd: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None) -> str:
+    environ = {k: v for k, v in os.environ.items() if k != builds.PURE_ENV} | (env or {})
     done = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, check=False, timeout=300
-    )
+        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, check=False,
+        timeout=300, env=environ,
+    )  # fmt: skip
     assert done.returncode == 0, f"{' '.join(map(str, cmd))}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +67,7 @@ def test_both_distributions_build_and_pass_twine_check(dist: Path) -> None:
     assert files == [
         "asgi_operator-0.1.0-py3-none-any.whl",
         "asgi_operator-0.1.0.tar.gz",
-        "asgi_sidecar-0.1.0-py3-none-any.whl",
+        SIDECAR_WHEEL,
         "asgi_sidecar-0.1.0.tar.gz",
     ]
     output = run(sys.executable, "-m", "twine", "check", "--strict", *dist.glob("*/*"))
@@ -78,6 +90,39 @@ def test_each_wheel_holds_only_its_own_package(dist: Path) -> None:
                 if line.startswith("Requires-Dist:")]  # fmt: skip
     assert any("uvicorn" in line for line in requires)
     assert not any("kopf" in line or "kubernetes" in line for line in requires)
+
+
+def test_the_sidecar_wheel_holds_each_compiled_module_and_its_source(dist: Path) -> None:
+    (wheel,) = dist.glob("sidecar/*.whl")
+    files = set(zipfile.ZipFile(wheel).namelist())
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    for name in builds.COMPILED:
+        assert f"asgi_sidecar/{name}{suffix}" in files, name
+        assert f"asgi_sidecar/{name}.py" in files, name  # the pure build, ASGI_SIDECAR_PURE
+    assert f"asgi_sidecar/native__mypyc{suffix}" in files  # the modules' shared library
+    assert "asgi_sidecar/builds.py" in files
+    assert not any(f"builds{suffix}" in name for name in files)
+
+
+def test_without_a_c_compiler_the_sdist_builds_the_pure_wheel_and_says_so(
+    dist: Path, tmp_path: Path
+) -> None:
+    (sdist,) = dist.glob("sidecar/*.tar.gz")
+    log = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
+              "-v", "--wheel-dir", tmp_path, sdist, env={"CC": "/nonexistent/cc"})  # fmt: skip
+    assert "asgi-sidecar build: no C compiler ('/nonexistent/cc' not found); installing the " \
+        "pure-Python build" in log  # fmt: skip
+    (wheel,) = tmp_path.glob("*.whl")
+    assert wheel.name == "asgi_sidecar-0.1.0-py3-none-any.whl"
+    files = zipfile.ZipFile(wheel).namelist()
+    assert not [name for name in files if name.endswith(".so")]
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    probe = f"import sys; sys.path.insert(0, {str(unpacked)!r}); from asgi_sidecar import builds;"
+    probe += " print(builds.__file__); print(builds.describe())"
+    where, says = run(sys.executable, "-c", probe).splitlines()[:2]
+    assert where.startswith(str(unpacked))
+    assert says == "pure Python: no compiled modules installed"
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +164,42 @@ def test_asgi_sidecar_serve_runs_an_app_from_the_bare_install(served: int) -> No
     with urllib.request.urlopen(f"http://127.0.0.1:{served}/", timeout=5) as response:
         assert response.status == 200
         assert response.read() == b"hello from a bare venv"
+
+
+def test_the_bare_install_runs_the_compiled_build_without_mypy(bare: Path) -> None:
+    assert run(bare / "bin" / "asgi-sidecar", "--version").strip() == (
+        "asgi-sidecar 0.1.0 (compiled with mypyc)"
+    )
+    names = run(bare / "bin" / "pip", "list", "--format=freeze").lower()
+    assert "mypy" not in names  # the build's requirement, not the wheel's
+
+
+@pytest.fixture
+def proxied(bare: Path, served: int, tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """The compiled proxy of the bare install in front of the served app: (port, metrics)."""
+    port, metrics = free_port(), free_port()
+    proc = subprocess.Popen(
+        [bare / "bin" / "asgi-sidecar", "proxy", "--upstream", f"http://127.0.0.1:{served}",
+         "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=(tmp_path / "proxy.log").open("wb"),
+    )  # fmt: skip
+    try:
+        wait_port(port)
+        yield port, metrics
+    finally:
+        stop(proc)
+
+
+def test_the_compiled_proxy_of_the_bare_install_proxies_and_says_its_build(
+    proxied: tuple[int, int],
+) -> None:
+    port, metrics = proxied
+    for _ in range(3):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            assert response.status == 200
+            assert response.read() == b"hello from a bare venv"
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as response:
+        exposition = response.read().decode()
+    (info,) = [line for line in exposition.splitlines() if line.startswith("asgi_sidecar_info{")]
+    assert 'build="compiled"' in info
+    assert 'asgi_requests_total{code="200"} 3.0' in exposition

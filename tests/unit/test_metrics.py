@@ -32,7 +32,7 @@ GAUGES = Gauges(
 
 
 def scrape(stats: Stats) -> str:
-    info = settings_info(SidecarSettings().model_dump(), "proxy", "0.1.0")
+    info = settings_info(SidecarSettings().model_dump(), "proxy", "0.1.0", "compiled")
     registry = make_registry(SidecarCollector(stats, lambda: GAUGES, lambda: info))
     return generate_latest(registry).decode()
 
@@ -79,7 +79,7 @@ def test_every_metric_and_setting_is_documented_in_the_readme():
 
 def test_adaptive_gauges_are_exported_and_documented():
     gauges = dataclasses.replace(GAUGES, adaptive_limit=42, adaptive_baseline=0.012)
-    info = settings_info(SidecarSettings().model_dump(), "proxy", "0.1.0")
+    info = settings_info(SidecarSettings().model_dump(), "proxy", "0.1.0", "compiled")
     text = generate_latest(
         make_registry(SidecarCollector(Stats(), lambda: gauges, lambda: info))
     ).decode()
