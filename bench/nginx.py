@@ -35,7 +35,7 @@ _FIXED = """\
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{
-            default_type text/plain;
+            default_type text/plain;{extra}
             return 200 "fixed body";
         }}
     }}
@@ -73,10 +73,15 @@ def _start(procs: Processes, name: str, body: str, port: int, core: int) -> Proc
     return procs.start(name, cmd, core, port=port, stop_signal=signal.SIGTERM)
 
 
-def start_fixed(procs: Processes, name: str, core: int) -> tuple[Proc, int]:
-    """nginx answering every request with 200 "fixed body": a very fast upstream."""
+def start_fixed(
+    procs: Processes, name: str, core: int, *, unique_heads: bool = False
+) -> tuple[Proc, int]:
+    """nginx answering every request with 200 "fixed body": a very fast upstream.
+    ``unique_heads``: each response carries an X-Request-Id of its own, so no two heads
+    are alike (the sidecar's memo of response heads never hits)."""
     port = free_port()
-    return _start(procs, name, _FIXED.format(port=port), port, core), port
+    extra = "\n            add_header X-Request-Id $request_id;" if unique_heads else ""
+    return _start(procs, name, _FIXED.format(port=port, extra=extra), port, core), port
 
 
 def start_proxy(procs: Processes, name: str, upstream: int, core: int) -> tuple[Proc, int]:

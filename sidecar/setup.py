@@ -17,10 +17,16 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
+# mypy's settings for the compile, the same wherever it runs: no configuration file (a
+# checkout's own pyproject.toml, found above this folder, names a plugin the build
+# does not have), and untyped imports (uvloop, httptools) as Any.
+MYPY_FLAGS = ["--config-file=", "--ignore-missing-imports"]
+# The commands that build extensions (a wheel, an install, an editable install).
+BUILDING = {"bdist_wheel", "build", "build_ext", "install", "develop", "editable_wheel"}
 BUILDS = runpy.run_path(str(HERE / "asgi_sidecar" / "builds.py"))
 
 
@@ -38,9 +44,20 @@ def compiler_missing() -> str | None:
 
 
 class OptionalBuildExt(build_ext):
-    """build_ext that leaves the pure build in place of a compile that fails."""
+    """build_ext that runs mypyc only when extensions are built (not for the sdist or the
+    metadata, which run this file too), and leaves the pure build in place of a compile
+    that fails."""
+
+    def finalize_options(self) -> None:
+        if PLACEHOLDER and self.distribution.ext_modules == PLACEHOLDER:
+            # sdist and the metadata steps finalize this command too: compile for builds only
+            building = set(self.distribution.commands) & BUILDING
+            self.distribution.ext_modules = compiled_modules() if building else []
+        super().finalize_options()
 
     def run(self) -> None:
+        if not self.extensions:
+            return
         try:
             super().run()
         except Exception as exc:  # a compiler error, a missing header: any is a fallback
@@ -50,23 +67,33 @@ class OptionalBuildExt(build_ext):
             say(f"compiling failed ({exc}); installing the pure-Python build")
 
 
-def compiled_modules() -> list[Any]:
+def pure_reason() -> str | None:
+    """Why this build is pure Python, or None if it compiles."""
     if BUILDS["pure_requested"]():
-        say(f"{BUILDS['PURE_ENV']} is set; installing the pure-Python build")
-        return []
+        return f"{BUILDS['PURE_ENV']} is set"
     reason = compiler_missing()
     if reason is None:
         try:
-            from mypyc.build import mypycify
+            import mypyc.build  # noqa: F401
         except ImportError as exc:
             reason = f"mypyc cannot be imported ({exc})"
-    if reason is not None:
-        say(f"{reason}; installing the pure-Python build")
-        return []
+    return reason
+
+
+def compiled_modules() -> list[Any]:
+    from mypyc.build import mypycify
+
     paths = [f"asgi_sidecar/{name}.py" for name in BUILDS["COMPILED"]]
     say(f"compiling {len(paths)} modules with mypyc")
     try:
-        modules = list(mypycify(paths, opt_level="3", group_name="asgi_sidecar.native"))
+        modules = list(
+            mypycify(
+                [*MYPY_FLAGS, *paths],
+                only_compile_paths=paths,
+                opt_level="3",
+                group_name="asgi_sidecar.native",
+            )
+        )
     except (Exception, SystemExit) as exc:  # mypyc exits on a type error it finds
         say(f"mypyc failed ({exc!r}); installing the pure-Python build")
         return []
@@ -82,4 +109,9 @@ def compiled_modules() -> list[Any]:
 
 
 os.chdir(HERE)  # mypycify takes paths relative to the project
-setup(ext_modules=compiled_modules(), cmdclass={"build_ext": OptionalBuildExt})
+WHY_PURE = pure_reason()
+if WHY_PURE is not None:
+    say(f"{WHY_PURE}; installing the pure-Python build")
+# A stand-in until build_ext runs mypyc: it makes the wheel a platform one with extensions.
+PLACEHOLDER = [] if WHY_PURE is not None else [Extension("asgi_sidecar.native__mypyc", [])]
+setup(ext_modules=PLACEHOLDER, cmdclass={"build_ext": OptionalBuildExt})

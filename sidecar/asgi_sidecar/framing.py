@@ -109,6 +109,27 @@ def _content_length(value: bytes) -> int:
     return length
 
 
+# Heads parsed lately, by their bytes: an app answers an endpoint with the same head, byte
+# for byte, until its Date changes (once a second), so most heads are parsed once and then
+# found here.  A ResponseHead is never changed after parsing, so one can be shared.
+# Bounded in entries and in size: emptied when full, and long heads are not kept.
+_HEADS: Final[dict[bytes, ResponseHead]] = {}
+_HEADS_MAX: Final = 256
+_HEAD_CACHED_LENGTH: Final = 2048
+
+
+def read_response_head(head: bytes) -> ResponseHead:
+    """``parse_response_head``, for a head seen lately answered from the memo."""
+    found = _HEADS.get(head)
+    if found is None:
+        found = parse_response_head(head)
+        if len(head) <= _HEAD_CACHED_LENGTH:
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[head] = found
+    return found
+
+
 def parse_response_head(head: bytes) -> ResponseHead:
     """Parse an upstream response head (without the blank line that ends it).
 

@@ -17,7 +17,7 @@ import socket
 from typing import TYPE_CHECKING, Final, Protocol
 
 from asgi_sidecar.exchanges import PAUSE_UPSTREAM
-from asgi_sidecar.framing import ChunkedScanner, ProtocolError, parse_response_head
+from asgi_sidecar.framing import ChunkedScanner, ProtocolError, read_response_head
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -273,7 +273,7 @@ class UpstreamConnection(asyncio.Protocol):
                     self.buffer = buffer
                 return None
             try:
-                head = parse_response_head(buffer[:end])
+                head = read_response_head(buffer[:end])
             except ProtocolError as exc:
                 self._broken(ex, str(exc))
                 return None

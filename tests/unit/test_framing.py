@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from asgi_sidecar.framing import ChunkedScanner, ProtocolError, parse_response_head
+from asgi_sidecar.framing import (
+    ChunkedScanner,
+    ProtocolError,
+    parse_response_head,
+    read_response_head,
+)
 
 
 def test_cl_and_te_keeps_te_drops_cl_and_the_connection():
@@ -116,3 +121,33 @@ def test_bytes_after_the_last_chunk_are_not_the_body():
 def test_chunk_lines_a_client_could_read_differently_are_refused(body):
     with pytest.raises(ProtocolError):
         ChunkedScanner().feed(body)
+
+
+def test_a_head_seen_lately_is_read_from_the_memo_and_equals_a_fresh_parse():
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-Memo: 1"
+    first, again = read_response_head(head), read_response_head(head)
+    assert first is again  # one parse, shared: a ResponseHead is never changed
+    fresh = parse_response_head(head)
+    assert (fresh.status, fresh.headers, fresh.content_length, fresh.close) == (
+        first.status, first.headers, first.content_length, first.close,
+    )  # fmt: skip
+    assert first.headers == b"Content-Length: 5\r\nX-Memo: 1\r\n"
+
+
+def test_the_memo_refuses_bad_heads_every_time_and_stays_bounded():
+    bad = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6"
+    for _ in range(2):
+        with pytest.raises(ProtocolError):
+            read_response_head(bad)
+    long = b"HTTP/1.1 200 OK\r\nX-Long: " + b"v" * 4096
+    assert read_response_head(long) is not read_response_head(long)  # too long to keep
+    heads = [b"HTTP/1.1 200 OK\r\nX-Id: %d" % i for i in range(1000)]
+    parsed = [read_response_head(h) for h in heads]
+    assert [p.headers for p in parsed] == [h.split(b"\r\n", 1)[1] + b"\r\n" for h in heads]
+    assert len(framing_memo()) <= 256
+
+
+def framing_memo() -> dict[bytes, object]:
+    from asgi_sidecar import framing
+
+    return framing._HEADS
