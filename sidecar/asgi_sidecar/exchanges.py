@@ -10,7 +10,9 @@ one that calls it back.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
+
+from mypy_extensions import trait
 
 from asgi_sidecar.framing import LAST_CHUNK, frame_chunk
 from asgi_sidecar.http1 import RequestHead
@@ -76,56 +78,101 @@ class Exchange(RequestHead):
         return b"".join(parts)
 
 
-class Connection(Protocol):
+@trait
+class Connection:
     """A client connection as the core handles it (deadlines, eviction, shutdown)."""
 
-    def timed_out_waiting_header(self) -> None: ...
-    def timed_out_waiting_body(self) -> None: ...
-    def close(self, reason: str) -> None: ...
-    def abort(self, reason: str) -> None: ...
+    def timed_out_waiting_header(self) -> None:
+        raise NotImplementedError
+
+    def timed_out_waiting_body(self) -> None:
+        raise NotImplementedError
+
+    def close(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def abort(self, reason: str) -> None:
+        raise NotImplementedError
 
 
-class ClientEnd(Connection, Protocol):
+@trait
+class ClientEnd(Connection):
     """A client connection as its exchanges' other parts see it."""
 
     closed: bool
     write_paused: bool
 
     # the response, from the upstream side
-    def response_head(self, ex: Exchange, head: ResponseHead, decode_chunks: bool) -> bytes: ...
-    def response_body(self, data: bytes) -> None: ...
-    def finish(self, ex: Exchange) -> None: ...
-    def upstream_failed(self, ex: Exchange, status: int, reason: str) -> None: ...
-    def start_tunnel(self, ex: Exchange, upstream: UpstreamEnd) -> None: ...
-    def tunnel_closed(self) -> None: ...
-    def write_eof(self) -> bool: ...
+    def response_head(self, ex: Exchange, head: ResponseHead, decode_chunks: bool) -> bytes:
+        raise NotImplementedError
+
+    def response_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def finish(self, ex: Exchange) -> None:
+        raise NotImplementedError
+
+    def upstream_failed(self, ex: Exchange, status: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def start_tunnel(self, ex: Exchange, upstream: UpstreamEnd) -> None:
+        raise NotImplementedError
+
+    def tunnel_closed(self) -> None:
+        raise NotImplementedError
+
+    def write_eof(self) -> bool:
+        raise NotImplementedError
 
     # flow control
-    def pause_reading(self, why: int) -> None: ...
-    def resume_reading(self, why: int) -> None: ...
-    def body_flowing(self) -> None: ...
+    def pause_reading(self, why: int) -> None:
+        raise NotImplementedError
+
+    def resume_reading(self, why: int) -> None:
+        raise NotImplementedError
+
+    def body_flowing(self) -> None:
+        raise NotImplementedError
 
     # from the admission engine and the queue_timeout sweep
-    def admit(self, ex: Exchange) -> None: ...
-    def reject(self, ex: Exchange, reason: str) -> None: ...
+    def admit(self, ex: Exchange) -> None:
+        raise NotImplementedError
+
+    def reject(self, ex: Exchange, reason: str) -> None:
+        raise NotImplementedError
 
 
-class UpstreamEnd(Protocol):
+@trait
+class UpstreamEnd:
     """An upstream connection carrying an exchange (or a tunnel), as the client sees it."""
 
     exchange: Exchange | None
     half_closed: bool  # a tunnel: one side has sent EOF
 
-    def write(self, data: bytes) -> None: ...
-    def write_eof(self) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def detach_client(self) -> None: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def write_eof(self) -> None:
+        raise NotImplementedError
+
+    def pause_reading(self) -> None:
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
+        raise NotImplementedError
+
+    def detach_client(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
 
 
-class Core(Protocol):
+@trait
+class Core:
     """What a client connection needs from the proxy's core, and nothing more."""
 
     stats: Stats
@@ -133,18 +180,40 @@ class Core(Protocol):
     keep_alive_end: bytes  # the end of a response head on a kept-alive connection
     close_after_response: bool  # draining or shutting down: responses close their connection
 
-    @property
-    def settings(self) -> SidecarSettings: ...
+    settings: SidecarSettings
 
-    def opened(self, conn: Connection) -> None: ...
-    def reading_head(self, conn: Connection, was_idle: bool) -> None: ...
-    def head_read(self, conn: Connection) -> None: ...
-    def reading_body(self, conn: Connection) -> None: ...
-    def body_read(self, conn: Connection) -> None: ...
-    def send_stalled(self, conn: Connection) -> None: ...
-    def send_resumed(self, conn: Connection) -> None: ...
-    def went_idle(self, conn: Connection) -> None: ...
-    def closing(self, conn: Connection) -> None: ...
-    def closed(self, conn: Connection, reason: str) -> None: ...
-    def forward(self, ex: Exchange) -> None: ...
-    def withdraw(self, ex: Exchange) -> bool: ...
+    def opened(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    def reading_head(self, conn: Connection, was_idle: bool) -> None:
+        raise NotImplementedError
+
+    def head_read(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    def reading_body(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    def body_read(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    def send_stalled(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    def send_resumed(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    def went_idle(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    def closing(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    def closed(self, conn: Connection, reason: str) -> None:
+        raise NotImplementedError
+
+    def forward(self, ex: Exchange) -> None:
+        raise NotImplementedError
+
+    def withdraw(self, ex: Exchange) -> bool:
+        raise NotImplementedError

@@ -14,7 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from asgi_sidecar.tracking import Deadlines
-from asgi_sidecar.upstream import UpstreamConnection
+from asgi_sidecar.upstream import Pool, UpstreamConnection
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("asgi_sidecar.upstream")
 
 
-class UpstreamPool:
+class UpstreamPool(Pool):
     """Keep-alive connections to one upstream address, and the deadlines of their requests."""
 
     def __init__(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from asgi_sidecar import http1
 from asgi_sidecar.admitting import QUEUED
-from asgi_sidecar.exchanges import PAUSE_BODY, PAUSE_PIPELINE, PAUSE_UPSTREAM, Exchange
+from asgi_sidecar.exchanges import PAUSE_BODY, PAUSE_PIPELINE, PAUSE_UPSTREAM, ClientEnd, Exchange
 from asgi_sidecar.reading import PIPELINE_LIMIT, RequestReader
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from asgi_sidecar.framing import ResponseHead
 
 
-class FrontConnection(RequestReader):
+class FrontConnection(RequestReader, ClientEnd):
     """asyncio Protocol for one client connection: its requests' admission and responses."""
 
     __slots__ = ()

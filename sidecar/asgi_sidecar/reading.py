@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from asgi_sidecar import http1
-from asgi_sidecar.exchanges import PAUSE_BODY, PAUSE_PIPELINE
+from asgi_sidecar.exchanges import PAUSE_BODY, PAUSE_PIPELINE, Connection
 from asgi_sidecar.framing import LAST_CHUNK, frame_chunk
 from asgi_sidecar.refusing import HeaderTooLargeError, input_refusal
 
@@ -32,7 +32,7 @@ PIPELINE_LIMIT: Final = 16  # pipelined requests waiting their turn before readi
 LINGER_SECONDS: Final = 2.0  # a closed connection's input is read and dropped this long
 
 
-class RequestReader(asyncio.Protocol):
+class RequestReader(asyncio.Protocol, Connection):
     """The reading half of a client connection; ``proxying.FrontConnection`` completes it.
 
     It turns bytes into ``Exchange``s in order and hands each complete head to

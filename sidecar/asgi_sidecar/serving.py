@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 from asgi_sidecar import http1, kernel
 from asgi_sidecar.admitting import Admission
+from asgi_sidecar.exchanges import Core
 from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
 from asgi_sidecar.pooling import UpstreamPool
 from asgi_sidecar.proxying import FrontConnection
@@ -67,7 +68,7 @@ DRAIN_IDLE_GRACE: Final = 0.5
 DRAIN_IDLE_ROUNDS: Final = 10
 
 
-class ProxyCore:
+class ProxyCore(Core):
     mode: Final = "proxy"
 
     def __init__(self, settings: SidecarSettings, loop: asyncio.AbstractEventLoop) -> None:

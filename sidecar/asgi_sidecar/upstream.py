@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
-from asgi_sidecar.exchanges import PAUSE_UPSTREAM
+from mypy_extensions import trait
+
+from asgi_sidecar.exchanges import PAUSE_UPSTREAM, UpstreamEnd
 from asgi_sidecar.framing import ChunkedScanner, ProtocolError, read_response_head
 
 if TYPE_CHECKING:
@@ -40,7 +42,8 @@ _TUNNEL: Final = 4  # relaying raw bytes after a 101
 _DONE: Final = 5  # between responses
 
 
-class Pool(Protocol):
+@trait
+class Pool:
     """What an upstream connection needs from its pool (``pooling.UpstreamPool``)."""
 
     loop: asyncio.AbstractEventLoop
@@ -48,13 +51,20 @@ class Pool(Protocol):
     settings: SidecarSettings
     awaiting: Deadlines[Exchange]  # requests sent whose response head has not come
 
-    def acquire(self, ex: Exchange) -> None: ...
-    def release(self, conn: UpstreamConnection) -> None: ...
-    def forget(self, conn: UpstreamConnection) -> None: ...
-    def fail(self, ex: Exchange, status: int, reason: str) -> None: ...
+    def acquire(self, ex: Exchange) -> None:
+        raise NotImplementedError
+
+    def release(self, conn: UpstreamConnection) -> None:
+        raise NotImplementedError
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        raise NotImplementedError
+
+    def fail(self, ex: Exchange, status: int, reason: str) -> None:
+        raise NotImplementedError
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.Protocol, UpstreamEnd):
     __slots__ = (
         "buffer",
         "closed",

@@ -8,6 +8,7 @@ ASGI_SIDECAR_PURE=1, so each run checks the build it is on.
 from __future__ import annotations
 
 import ast
+import asyncio
 import importlib
 import os
 import subprocess
@@ -94,11 +95,18 @@ def test_every_class_default_of_an_exchange_is_there_on_a_new_one():
     # mypyc keeps class-level defaults in slots and leaves some unset (a None of a
     # Protocol type was): read each one on a fresh instance, compiled or pure.
     from asgi_sidecar.exchanges import Exchange
+    from asgi_sidecar.proxying import FrontConnection
+    from asgi_sidecar.serving import ProxyCore
+    from asgi_sidecar.settings import SidecarSettings
 
     package = SIDECAR / "asgi_sidecar"
     names = class_defaults(package / "http1.py", "RequestHead")
     names += class_defaults(package / "exchanges.py", "Exchange")
-    exchange = Exchange(None)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()  # never run: the core only keeps it
+    try:
+        exchange = Exchange(FrontConnection(ProxyCore(SidecarSettings(), loop)))
+    finally:
+        loop.close()
     assert len(names) > 25
     for name in [*names, "upstream", "client", "body_parts", "head", "conn_tokens"]:
         getattr(exchange, name)
