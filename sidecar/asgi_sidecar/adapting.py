@@ -83,27 +83,28 @@ from __future__ import annotations
 import math
 from bisect import insort
 from collections import deque
+from typing import Final
 
-UPDATE_INTERVAL = 0.25  # seconds between two update() calls
-MIN_SAMPLES = 10  # a window with fewer latencies makes no decision
-MAX_WINDOW = 2.0  # seconds a window may be extended to collect MIN_SAMPLES
-BUFFER = 0.25  # tolerated latency above the baseline
-GRADIENT_MIN = 0.5
-GRADIENT_MAX = 2.0
-SMOOTHING = 0.2  # EWMA weight of a new target
-BINDING = 0.9  # peak in flight / limit from which the limit counts as binding
-FLAT_TOLERANCE = 0.10  # a window within this of the baseline is "flat" (below the knee)
-KNEE_DECAY = 0.0005  # per window: about 11 % a minute
-RISE_LOAD = 0.5  # a higher latency re-baselines only at loads up to this x the knee
-EPOCH_WINDOWS = 4
-EPOCH_MIN_CANDIDATES = 3
-BASELINE_HORIZON = 5.0  # seconds an epoch's baseline value stays authoritative
+UPDATE_INTERVAL: Final = 0.25  # seconds between two update() calls
+MIN_SAMPLES: Final = 10  # a window with fewer latencies makes no decision
+MAX_WINDOW: Final = 2.0  # seconds a window may be extended to collect MIN_SAMPLES
+BUFFER: Final = 0.25  # tolerated latency above the baseline
+GRADIENT_MIN: Final = 0.5
+GRADIENT_MAX: Final = 2.0
+SMOOTHING: Final = 0.2  # EWMA weight of a new target
+BINDING: Final = 0.9  # peak in flight / limit from which the limit counts as binding
+FLAT_TOLERANCE: Final = 0.10  # a window within this of the baseline is "flat" (below the knee)
+KNEE_DECAY: Final = 0.0005  # per window: about 11 % a minute
+RISE_LOAD: Final = 0.5  # a higher latency re-baselines only at loads up to this x the knee
+EPOCH_WINDOWS: Final = 4
+EPOCH_MIN_CANDIDATES: Final = 3
+BASELINE_HORIZON: Final = 5.0  # seconds an epoch's baseline value stays authoritative
 
 # Latency buckets: 16 per doubling from 10 us; the last one takes everything above.
-_FLOOR = 1e-5
-_PER_DOUBLING = 16
-_BUCKETS = _PER_DOUBLING * 24  # up to 10 us * 2**24 = 168 s
-_RATIO = 2.0 ** (1.0 / _PER_DOUBLING)
+_FLOOR: Final = 1e-5
+_PER_DOUBLING: Final = 16
+_BUCKETS: Final = _PER_DOUBLING * 24  # up to 10 us * 2**24 = 168 s
+_RATIO: Final = 2.0 ** (1.0 / _PER_DOUBLING)
 
 
 def _bucket_value(index: int) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Final
 
 # Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1).
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
