@@ -42,11 +42,15 @@ async def app(scope, receive, send):
 """
 
 
+def environ(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment without the pure switch (the builds here say their own), plus ``env``."""
+    return {k: v for k, v in os.environ.items() if k != builds.PURE_ENV} | (env or {})
+
+
 def run(*cmd: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None) -> str:
-    environ = {k: v for k, v in os.environ.items() if k != builds.PURE_ENV} | (env or {})
     done = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, check=False,
-        timeout=300, env=environ,
+        timeout=300, env=environ(env),
     )  # fmt: skip
     assert done.returncode == 0, f"{' '.join(map(str, cmd))}:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
@@ -152,6 +156,7 @@ def served(bare: Path, tmp_path: Path) -> Iterator[int]:
         [bare / "bin" / "asgi-sidecar", "serve", "hello:app", "--app-dir", tmp_path,
          "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics)],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"),
+        env=environ(),
     )  # fmt: skip
     try:
         wait_port(port)
@@ -184,6 +189,7 @@ def proxied(bare: Path, served: int, tmp_path: Path) -> Iterator[tuple[int, int]
         [bare / "bin" / "asgi-sidecar", "proxy", "--upstream", f"http://127.0.0.1:{served}",
          "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics)],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=(tmp_path / "proxy.log").open("wb"),
+        env=environ(),
     )  # fmt: skip
     try:
         wait_port(port)
