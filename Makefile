@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := wrk nginx-light iproute2 util-linux prometheus
 
-.PHONY: compiled test run run-node node-images images push registry lint typecheck unit integration node bench bench-% system-deps venv clean help crds podschema cluster demo dashcheck helm validators chart-files
+.PHONY: compiled test run run-node node-images images push registry lint typecheck unit integration node bench bench-% system-deps vegeta venv clean help crds podschema cluster demo dashcheck helm validators chart-files
 
 help:
 	@echo "make test   - install everything, lint, type-check, run all tests"
@@ -91,7 +91,7 @@ typecheck: $(STAMP)
 unit: $(STAMP) $(COMPILED_STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP) $(COMPILED_STAMP) system-deps dashcheck validators registry
+integration: $(STAMP) $(COMPILED_STAMP) system-deps dashcheck validators registry vegeta
 	$(BIN)/pytest -q tests/integration
 
 # End to end on a real node (tests/node; root, containerd, runc, cgroups).
@@ -102,7 +102,7 @@ node: $(STAMP) $(COMPILED_STAMP) system-deps cluster registry
 # unit tests and the proxy's own integration tests once more on the pure build.
 PURE_TESTS := tests/unit tests/integration/test_proxying.py tests/integration/test_limits.py \
 	tests/integration/test_rfc9112_requests.py tests/integration/test_rfc9112_responses.py
-test: $(STAMP) $(COMPILED_STAMP) system-deps cluster helm dashcheck validators registry lint typecheck
+test: $(STAMP) $(COMPILED_STAMP) system-deps cluster helm dashcheck validators registry vegeta lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 ifeq ($(SIDECAR_BUILD),compiled)
 	ASGI_SIDECAR_PURE=1 $(BIN)/pytest -q -p no:cacheprovider $(PURE_TESTS)
@@ -159,6 +159,11 @@ validators:
 registry:
 	hack/build-registry.sh
 
+# vegeta (github.com/tsenart/vegeta/v12, Go module proxy) into .cache/bin: the open-loop
+# load of make bench-overload and of its harness's tests (bench/openloop.py).
+vegeta:
+	hack/build-vegeta.sh
+
 # hack/ and bench/ are packages run from the repository root, so they import each other and
 # tests.support without sys.path edits.
 run: $(STAMP) $(COMPILED_STAMP) cluster
@@ -186,10 +191,10 @@ run-node: $(STAMP) $(COMPILED_STAMP) system-deps cluster
 demo: $(STAMP) $(COMPILED_STAMP)
 	$(PY) -m asgi_sidecar.demo
 
-bench: $(STAMP) $(COMPILED_STAMP) system-deps
+bench: $(STAMP) $(COMPILED_STAMP) system-deps vegeta
 	$(PY) -m bench.run all
 
-bench-%: $(STAMP) $(COMPILED_STAMP) system-deps
+bench-%: $(STAMP) $(COMPILED_STAMP) system-deps vegeta
 	$(PY) -m bench.run $*
 
 clean:

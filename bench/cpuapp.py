@@ -2,16 +2,23 @@
 
 One uvicorn worker pinned to one core therefore serves roughly 1000 requests/s;
 the benchmark measures the exact figure on the machine before overloading it.
+``CPUAPP_WORK`` sets the iterations.  A capacity shift for the overload scenarios:
+SIGUSR1 doubles the cost of every request from then on, SIGUSR2 restores it
+(``bench/shifting.py``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from bench.shifting import Shift
+
 Message = MutableMapping[str, Any]
 
-WORK = 25_000  # iterations: about 1 ms of one core on a 2020s x86 machine
+WORK = int(os.environ.get("CPUAPP_WORK", "25000"))  # 25,000: about 1 ms of one core
+SHIFT = Shift()
 BODY = b'{"ok":true}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
 
@@ -35,6 +42,6 @@ async def app(
                 return
     if scope["type"] != "http":
         return
-    burn()
+    burn(WORK * SHIFT.factor)
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})

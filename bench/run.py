@@ -1,13 +1,14 @@
 """Benchmarks of asgi-sidecar against its peers (nginx, plain uvicorn), one Markdown table each.
 
 Usage: ``python -m bench.run all|<scenario>``, a scenario being a key of ``SCENARIOS``
-(ceiling, app, embedded, overload, idle, instructions, operator, autotune, keepalive, slow,
+(ceiling, app, embedded, overload, idle, instructions, operator, keepalive, slow,
 admission), from the repository root (``make bench``, ``make bench-<name>``).
 
 Every process (nginx with generated configs, uvicorn, the sidecar) is started
 here on free loopback ports, pinned with taskset, and stopped by PID when its
-scenario ends, however it ends.  wrk is the load generator (slowhttptest makes the
-slow-client attacks).  Tables are printed
+scenario ends, however it ends.  wrk is the load generator of the throughput ceilings,
+vegeta the open-loop one of every overload (bench/openloop.py), and slowhttptest makes
+the slow-client attacks.  Tables are printed
 and also written to bench/results/latest.md.  BENCH_SECONDS and BENCH_ROUNDS
 shorten the runs for a quick check.
 """
@@ -26,11 +27,11 @@ from pathlib import Path
 
 from bench import (
     admission,
-    autotune,
     idle,
     instructions,
     keepalive,
     nginx,
+    openloop,
     operator_bench,
     overload,
     slow,
@@ -50,7 +51,6 @@ SCENARIOS: dict[str, Scenario] = {
     "idle": idle.idle,
     "instructions": instructions.instructions,
     "operator": operator_bench.operator,
-    "autotune": autotune.autotune,
     "keepalive": keepalive.keepalive,
     "slow": slow.slow,
     "admission": admission.admission,
@@ -71,7 +71,7 @@ def header() -> str:
             f"- nproc: {os.cpu_count()} (affinity {sorted(os.sched_getaffinity(0))})",
             f"- kernel: {platform.release()}; python {platform.python_version()}",
             f"- asgi-sidecar {__version__}, uvicorn {uvicorn.__version__}, "
-            f"nginx {nginx.version()}, wrk {wrk.version()}",
+            f"nginx {nginx.version()}, wrk {wrk.version()}, vegeta {openloop.version()}",
             f"- somaxconn: {_read('/proc/sys/net/core/somaxconn')}",
         ]
     )

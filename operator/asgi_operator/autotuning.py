@@ -126,7 +126,8 @@ def tuned_values(decision: Decision, spec: AsgiServerSpec) -> TunedSettings:
     return TunedSettings.model_validate(values)
 
 
-def _current(spec: AsgiServerSpec, tuned: TunedSettings, somaxconn: int | None) -> Current:
+def current_settings(spec: AsgiServerSpec, tuned: TunedSettings, somaxconn: int | None) -> Current:
+    """What decide() starts from: the tuned values over the spec's (the adaptive bounds' middle)."""
     limit = tuned.limit_concurrency or spec.server.limit_concurrency
     if spec.adaptive_limit() and tuned.adaptive_max is not None:
         limit = max(1, tuned.adaptive_max // 2)  # the middle of the tuned bounds
@@ -231,7 +232,7 @@ class Autotuner:
             somaxconn = fleet_somaxconn(pods)
         else:
             somaxconn = current_somaxconn(self.kube.get_deployment(namespace, name))
-        current = _current(spec, before.current, somaxconn)
+        current = current_settings(spec, before.current, somaxconn)
         decision = decide(list(state.history), current, bounds_of(spec), state.past)
         labels = {"namespace": namespace, "name": name}
         self.metrics.frozen.labels(**labels).set(1 if decision.frozen else 0)

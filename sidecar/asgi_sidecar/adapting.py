@@ -28,7 +28,10 @@ the known failures of the anchors designed out):
     decays by 0.05 % a window (about 11 % a minute) so a noisy overestimate
     cannot stay;
   - a window is a baseline *candidate* only if its latency was flat at a load
-    up to the knee, or higher at a load up to half the knee (``RISE_LOAD``: a
+    up to the knee (then it counts as at most the baseline: it confirms it, but
+    a window up to 10 % above it must not raise it, or a slowly rising load would
+    walk the baseline and the knee upwards together, which is Uber Cinnamon's
+    drifting target), or higher at a load up to half the knee (``RISE_LOAD``: a
     knee that moved down must not pass for a slower app), or below the baseline
     at any load (direct evidence the baseline is too high).  Windows past the
     knee -- where queueing inside the app inflates latency -- never feed the
@@ -44,7 +47,7 @@ the known failures of the anchors designed out):
     fast errors is no baseline).  Epochs expire, so an app that became
     permanently slower is re-baselined within a few seconds once the shrinking
     limit brings the load under half the knee (in the tests: a 2x slower app
-    dips to about a third of the knee for ~3 s, then settles back); when no
+    dips to a third or a little less of the knee for ~3 s, then settles back); when no
     epoch is fresh (steady overload) the last baseline is kept, never
     forgotten.
 
@@ -55,6 +58,17 @@ the known failures of the anchors designed out):
   flight reached 90 % of the limit -- so an idle service never inflates its
   limit, and a service just past its knee does not keep growing.  Decreases
   always count.
+
+* **Straight down when requests queue.** Under a sudden overload the limit is far
+  above what the app can use, and easing down from it by 10 % a window takes seconds
+  (100 to 10: 22 windows) while every admitted request waits in the app.  So when
+  latency is over the tolerance while the window's throughput (completions per
+  second) is still at least ``SATURATED`` (90 %) of the highest seen lately -- the
+  app is as fast as ever, requests only queue in it -- the limit goes at once to what
+  Little's law says that throughput needs at the tolerated latency:
+  ``throughput * baseline * (1 + BUFFER)`` (never up this way).  A slower app or a
+  pause shows as a throughput drop instead, and takes the gradual path below, so a
+  one-second stall does not cut the limit to its floor.  The peak decays like the knee.
 
 * **Step.** ``target = limit * g``, plus headroom ``sqrt(limit * g)`` only when
   growing (Envoy's headroom, which speeds up warm-up from a low limit; adding
@@ -74,7 +88,7 @@ turning ready.
 
 Defaults in one place: window 0.25 s, >= 10 samples, buffer 0.25, gradient in
 [0.5, 2], headroom sqrt when growing, smoothing 0.2, binding at 90 % of the
-limit, baseline epochs 1 s over 5 s.  The limit's bounds are settings
+limit, baseline epochs 1 s over 5 s, straight down at 90 % of the peak throughput.  The limit's bounds are settings
 (``adaptive_min``, ``adaptive_max``) that the operator's slow loop may move.
 """
 
@@ -99,6 +113,7 @@ RISE_LOAD: Final = 0.5  # a higher latency re-baselines only at loads up to this
 EPOCH_WINDOWS: Final = 4
 EPOCH_MIN_CANDIDATES: Final = 3
 BASELINE_HORIZON: Final = 5.0  # seconds an epoch's baseline value stays authoritative
+SATURATED: Final = 0.9  # throughput / its recent peak from which rising latency is queueing
 
 # Latency buckets: 16 per doubling from 10 us; the last one takes everything above.
 _FLOOR: Final = 1e-5
@@ -124,6 +139,7 @@ class AdaptiveLimit:
         "_load_sum",
         "_peak",
         "_reported",
+        "_throughput_peak",
         "_window_start",
         "baseline",
         "knee",
@@ -149,6 +165,7 @@ class AdaptiveLimit:
         self._epoch_windows = 0
         self._epochs: deque[tuple[float, float]] = deque()  # (time, value)
         self._reported = round(self.limit)
+        self._throughput_peak = 0.0  # completions per second, decaying like the knee
 
     @property
     def current(self) -> int:
@@ -180,22 +197,32 @@ class AdaptiveLimit:
 
     def update(self, now: float, in_flight: int) -> int | None:
         """Close the window if it holds enough samples; returns a new limit or None."""
-        if self._window_start is None:
-            self._window_start = now
+        started = self._window_start
+        if started is None:
+            started = self._window_start = now
         count = self._count
         if count < MIN_SAMPLES:
-            if now - self._window_start >= MAX_WINDOW:
+            if now - started >= MAX_WINDOW:
                 self._reset(now)
             return None
         sample = self._median()
         load = self._load_sum / count
         peak = max(self._peak, in_flight)
+        # completions per second; unknown (0) for a first window, whose start was not seen
+        throughput = count / (now - started) if now > started else 0.0
         self._reset(now)
         self._learn_baseline(now, sample, load)
         baseline = self.baseline
         assert baseline is not None
         gradient = min(max(baseline * (1.0 + BUFFER) / sample, GRADIENT_MIN), GRADIENT_MAX)
         limit = self.limit
+        saturated = throughput >= SATURATED * self._throughput_peak
+        self._throughput_peak = max(throughput, self._throughput_peak * (1.0 - KNEE_DECAY))
+        if gradient < 1.0 and saturated:
+            fit = throughput * baseline * (1.0 + BUFFER)  # Little's law at the tolerance
+            if fit < limit * gradient:
+                self.limit = min(max(fit, float(self.minimum)), float(self.maximum))
+                return self._report()
         if gradient > 1.0 and peak < BINDING * limit:
             gradient = 1.0  # not binding: no evidence that more would be used
         target = limit * gradient
@@ -243,8 +270,13 @@ class AdaptiveLimit:
         else:
             self.knee *= 1.0 - KNEE_DECAY
         flat = sample <= baseline * (1.0 + FLAT_TOLERANCE)
-        if (load <= self.knee and flat) or load <= RISE_LOAD * self.knee or sample < baseline:
+        if load <= RISE_LOAD * self.knee or sample < baseline:
             insort(self._candidates, sample)
+        elif load <= self.knee and flat:
+            # Near the knee a flat window confirms the baseline but may not raise it: each
+            # one may be up to FLAT_TOLERANCE above, and raising on them would let a slowly
+            # rising load walk the baseline (and with it the knee) upwards without end.
+            insort(self._candidates, min(sample, baseline))
         self._epoch_windows += 1
         if self._epoch_windows >= EPOCH_WINDOWS:
             if len(self._candidates) >= EPOCH_MIN_CANDIDATES:
