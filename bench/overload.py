@@ -61,8 +61,8 @@ from hack.cache import ROOT
 
 APPS = {"cpu": "bench.cpuapp:app", "pool": "bench.poolapp:app"}
 CAPACITY_CONNECTIONS = {"cpu": 8, "pool": 32}
-UVICORN_SWEEP = {"cpu": (2, 8, 32), "pool": (8, 16, 64)}
-STATIC_SWEEP = {"cpu": (1, 2, 4, 8), "pool": (4, 8, 16, 32)}
+UVICORN_SWEEP = {"cpu": (4, 32), "pool": (16, 64)}  # counts connections, idle ones too
+STATIC_SWEEP = {"cpu": (1, 2, 4), "pool": (4, 8, 16, 32)}
 ADAPTIVE = ["--adaptive", "--adaptive-min", "1", "--adaptive-max", "1000"]
 ADAPTIVE_START = 100
 LOOP_INTERVAL = 1.0  # seconds between the operator's decisions here (its default is 30 s)

@@ -2,7 +2,8 @@
 
 Usage: ``python -m bench.run all|<scenario>``, a scenario being a key of ``SCENARIOS``
 (ceiling, app, embedded, overload, idle, instructions, operator, keepalive, slow,
-admission), from the repository root (``make bench``, ``make bench-<name>``).
+admission, soak; ``all`` is every one but the 30-minute soak), from the repository root
+(``make bench``, ``make bench-<name>``).
 
 Every process (nginx with generated configs, uvicorn, the sidecar) is started
 here on free loopback ports, pinned with taskset, and stopped by PID when its
@@ -35,6 +36,7 @@ from bench import (
     operator_bench,
     overload,
     slow,
+    soak,
     throughput,
     wrk,
 )
@@ -54,7 +56,9 @@ SCENARIOS: dict[str, Scenario] = {
     "keepalive": keepalive.keepalive,
     "slow": slow.slow,
     "admission": admission.admission,
+    "soak": soak.soak,
 }
+ONLY_ALONE = {"soak"}  # 30 minutes: `make bench-soak`, not part of `make bench`
 
 
 def header() -> str:
@@ -89,7 +93,7 @@ def main(argv: list[str]) -> int:
     if choice != "all" and choice not in SCENARIOS:
         print(f"usage: python -m bench.run all|{'|'.join(SCENARIOS)}", file=sys.stderr)
         return 2
-    names = list(SCENARIOS) if choice == "all" else [choice]
+    names = [n for n in SCENARIOS if n not in ONLY_ALONE] if choice == "all" else [choice]
     timing = Timing(
         seconds=float(os.environ.get("BENCH_SECONDS", "5")),
         rounds=int(os.environ.get("BENCH_ROUNDS", "3")),

@@ -6,7 +6,7 @@ before the run) held for a number of seconds, with the app's capacity shifted or
 gives the unloaded latency the p99 goal compares with.
 
 The goals (issue 14), each judged against the best static sidecar limit of the same
-phase (the sweep's highest goodput in that phase):
+phase (the sweep's highest goodput in that phase; within 1 %, the lowest p99):
 
 * goodput at least ``GOODPUT`` (95 %) of it;
 * admitted p99 at most ``P99`` (2x) the unloaded p99, ``P99_AT_10X`` (3x) at 10x;
@@ -34,6 +34,7 @@ P99_AT_10X = 3.0
 SETTLE_DECISIONS = 10
 SETTLE_BAND = 0.25  # a limit within this of its final value counts as settled
 REJECT_COST = 0.1
+TIE = 0.01  # goodputs this close count as equal when choosing the best static limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,18 +96,20 @@ def p99_goal(load: float) -> float:
 
 
 def best_per_phase(sweep: Mapping[int, Sequence[Summary]]) -> list[tuple[int, Summary]]:
-    """For each phase, the static value with the highest goodput there (ties: the lower p99)."""
+    """For each phase, the best static value there: of those within ``TIE`` (1 %) of the
+    highest goodput, the one with the lowest admitted p99 (a higher limit that only adds
+    queueing in the app is not better)."""
     phases = len(next(iter(sweep.values())))
+    best = []
+    for i in range(phases):
+        top = max(s[i].goodput for s in sweep.values())
+        close = [(v, s[i]) for v, s in sweep.items() if s[i].goodput >= (1 - TIE) * top]
+        best.append(min(close, key=lambda vs: (_p99(vs[1]), -vs[1].goodput)))
+    return best
 
-    def key(item: tuple[int, Sequence[Summary]], i: int) -> tuple[float, float]:
-        s = item[1][i]
-        return (s.goodput, -(s.p99 if s.p99 is not None else float("inf")))
 
-    return [
-        (value, phases_[i])
-        for i in range(phases)
-        for value, phases_ in [max(sweep.items(), key=lambda item: key(item, i))]
-    ]
+def _p99(s: Summary) -> float:
+    return s.p99 if s.p99 is not None else float("inf")
 
 
 def total_goodput(phases: Sequence[Summary]) -> float:

@@ -70,6 +70,19 @@ the known failures of the anchors designed out):
   pause shows as a throughput drop instead, and takes the gradual path below, so a
   one-second stall does not cut the limit to its floor.  The peak decays like the knee.
 
+* **Small limits.** The tolerance is at least one request's worth of queueing:
+  ``max(BUFFER, 1 / (limit - 1))``, so a knee of K requests settles at K + 1 when K
+  is small (1.25 K when it is large).  A CPU-bound app with one worker has its knee
+  at 1, where a 25 % tolerance would settle on 1 and leave the app idle for each
+  round trip through the proxy.
+
+* **Headroom while the limit is not reached.** A limit far above what is used (left
+  high by an earlier burst, or the starting value) eases down, a fifth of the way a
+  window, to ``IDLE_HEADROOM`` (2) times the recent peak in flight (decaying by 2 % a
+  window) or the knee, whichever is higher.  It never sheds traffic (twice the peak is
+  not reached), and a sudden overload then meets a limit near the app's size instead
+  of admitting a hundred requests to queue inside it for the first window.
+
 * **Step.** ``target = limit * g``, plus headroom ``sqrt(limit * g)`` only when
   growing (Envoy's headroom, which speeds up warm-up from a low limit; adding
   it on decreases too would settle the limit ~15 % further past the knee).  The
@@ -88,8 +101,9 @@ turning ready.
 
 Defaults in one place: window 0.25 s, >= 10 samples, buffer 0.25, gradient in
 [0.5, 2], headroom sqrt when growing, smoothing 0.2, binding at 90 % of the
-limit, baseline epochs 1 s over 5 s, straight down at 90 % of the peak throughput.  The limit's bounds are settings
-(``adaptive_min``, ``adaptive_max``) that the operator's slow loop may move.
+limit, baseline epochs 1 s over 5 s, straight down at 90 % of the peak throughput,
+idle headroom 2x the recent peak.  The limit's bounds are settings (``adaptive_min``,
+``adaptive_max``) that the operator's slow loop may move.
 """
 
 from __future__ import annotations
@@ -114,6 +128,8 @@ EPOCH_WINDOWS: Final = 4
 EPOCH_MIN_CANDIDATES: Final = 3
 BASELINE_HORIZON: Final = 5.0  # seconds an epoch's baseline value stays authoritative
 SATURATED: Final = 0.9  # throughput / its recent peak from which rising latency is queueing
+IDLE_HEADROOM: Final = 2.0  # a limit not reached eases down to this x the recent peak in flight
+PEAK_DECAY: Final = 0.02  # per window: the recent peak in flight halves in about 9 s
 
 # Latency buckets: 16 per doubling from 10 us; the last one takes everything above.
 _FLOOR: Final = 1e-5
@@ -138,6 +154,7 @@ class AdaptiveLimit:
         "_epochs",
         "_load_sum",
         "_peak",
+        "_recent_peak",
         "_reported",
         "_throughput_peak",
         "_window_start",
@@ -166,6 +183,7 @@ class AdaptiveLimit:
         self._epochs: deque[tuple[float, float]] = deque()  # (time, value)
         self._reported = round(self.limit)
         self._throughput_peak = 0.0  # completions per second, decaying like the knee
+        self._recent_peak = 0.0  # requests in flight, decaying by PEAK_DECAY a window
 
     @property
     def current(self) -> int:
@@ -214,17 +232,29 @@ class AdaptiveLimit:
         self._learn_baseline(now, sample, load)
         baseline = self.baseline
         assert baseline is not None
-        gradient = min(max(baseline * (1.0 + BUFFER) / sample, GRADIENT_MIN), GRADIENT_MAX)
         limit = self.limit
+        # At least one request's worth of queueing is tolerated: at a limit of 1 or 2 a 25 %
+        # tolerance would leave the app idle between requests (a CPU-bound single worker).
+        tolerance = 1.0 + max(BUFFER, 1.0 / (limit - 1.0) if limit > 1.5 else 1.0)
+        gradient = min(max(baseline * tolerance / sample, GRADIENT_MIN), GRADIENT_MAX)
         saturated = throughput >= SATURATED * self._throughput_peak
         self._throughput_peak = max(throughput, self._throughput_peak * (1.0 - KNEE_DECAY))
+        self._recent_peak = max(float(peak), self._recent_peak * (1.0 - PEAK_DECAY))
         if gradient < 1.0 and saturated:
-            fit = throughput * baseline * (1.0 + BUFFER)  # Little's law at the tolerance
-            if fit < limit * gradient:
+            fit = throughput * baseline * tolerance  # Little's law at the tolerance
+            if fit < limit:  # at once, not a fifth of the way: the app is saturated
                 self.limit = min(max(fit, float(self.minimum)), float(self.maximum))
                 return self._report()
-        if gradient > 1.0 and peak < BINDING * limit:
-            gradient = 1.0  # not binding: no evidence that more would be used
+        if gradient >= 1.0 and peak < BINDING * self._reported:  # the limit as applied
+            # Not binding: no evidence that more would be used.  A limit far above what is
+            # used eases down to IDLE_HEADROOM x the recent peak (and the knee), so a sudden
+            # overload meets a limit near the app's size, not the last high-water mark.
+            room = IDLE_HEADROOM * max(self._recent_peak, self.knee, 1.0)
+            if limit > room:
+                limit += SMOOTHING * (room - limit)
+                self.limit = min(max(limit, float(self.minimum)), float(self.maximum))
+                return self._report()
+            gradient = 1.0
         target = limit * gradient
         if gradient > 1.0:
             target += math.sqrt(target)

@@ -48,7 +48,7 @@ def test_vegeta_offers_its_rate_and_every_request_comes_back(tmp_path):
 
 
 def test_a_failed_attack_says_why(tmp_path):
-    with pytest.raises(RuntimeError, match="vegeta attack exited with 1: .*bad target"):
+    with pytest.raises(RuntimeError, match=r"vegeta attack exited with 1: .*bad target"):
         openloop.attack("", [openloop.Phase(10, 0.5)], tmp_path)  # "GET " is no target
 
 

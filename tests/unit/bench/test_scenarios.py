@@ -35,12 +35,13 @@ def test_p99_goal_is_looser_only_at_10x():
 
 def test_the_best_static_is_chosen_per_phase():
     sweep = {
-        8: [summary(4000), summary(4000)],
+        8: [summary(3990), summary(4000)],
         16: [summary(4000, p99=0.05), summary(7900)],
         4: [summary(2000), summary(2000)],
     }
     best = best_per_phase(sweep)
-    assert [value for value, _ in best] == [8, 16]  # a tie goes to the lower p99
+    # within 1 % of the top goodput, the lower p99 wins: 8 in the first phase
+    assert [value for value, _ in best] == [8, 16]
     assert total_goodput(sweep[16]) == (4000 + 7900) / 20
 
 
