@@ -3,7 +3,8 @@
 wrk and its kin are closed loops: a slower server gets fewer requests, so "3x overload"
 is not defined and latency is understated (coordinated omission).  vegeta sends each
 request at its scheduled time, on a new worker if every other one waits for an answer
-(``-max-workers`` unbounded), so the offered rate is the rate asked for.
+(up to ``MAX_CONNECTIONS`` of them), so the offered rate is the rate asked for until that
+many requests are waiting at once (the tables show the rate offered).
 
 ``attack`` runs a list of phases back to back: one vegeta process per phase, each started
 at its phase's time, so the next phase's arrivals begin on schedule while the last one's
@@ -16,6 +17,7 @@ the run ends.  The hits come back from vegeta's CSV encoding as ``loadstats.Hit`
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import subprocess
 import time
@@ -28,6 +30,13 @@ from hack.cache import ROOT
 
 VEGETA = ROOT / ".cache" / "bin" / "vegeta"
 TIMEOUT = 2.0  # seconds a request may take before vegeta gives up on it (code 0)
+MAX_CONNECTIONS = 8000  # per vegeta process: below its open-file limit (bench.procs.NOFILE)
+
+# Each vegeta process connects from its own loopback address, 127.0.0.2 to 127.0.0.254 in
+# turn: the sockets it leaves in TIME_WAIT (every timed-out request, and each connection at
+# its exit) then hold ports of that address only, so a run of thousands of them neither
+# runs out of ephemeral ports nor leaves free_port() on 127.0.0.1 without any.
+_SOURCES = itertools.cycle(f"127.0.0.{n}" for n in range(2, 255))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +72,8 @@ def version() -> str:
 def _attack_cmd(url: str, phase: Phase, output: Path, core: int | None) -> list[str]:
     pin = [] if core is None else ["taskset", "-c", str(core)]
     return [
-        *pin, str(vegeta()), "attack",
+        *pin, str(vegeta()), "attack", f"-laddr={next(_SOURCES)}",
+        f"-max-connections={MAX_CONNECTIONS}", f"-max-workers={MAX_CONNECTIONS}",
         f"-rate={round(phase.rate)}/1s", f"-duration={round(phase.seconds * 1000)}ms",
         f"-timeout={TIMEOUT:g}s", "-keepalive=true", "-redirects=-1", "-max-body=0",
         f"-output={output}",
