@@ -15,6 +15,7 @@ help:
 	@echo "make run-node - the same on a real node (kubelet, containerd): real Pods"
 	@echo "make demo   - a FastAPI app behind the sidecar on localhost"
 	@echo "make bench  - benchmarks against nginx and plain uvicorn (prints tables)"
+	@echo "make bench-overload - open-loop overload scenarios (vegeta), plots in docs/overload/"
 	@echo "make images - OCI image archives of the sidecar, the operator and the demo app"
 	@echo "make push REGISTRY=host[:port]/prefix - push them there with skopeo"
 

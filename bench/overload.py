@@ -435,15 +435,14 @@ def _plot(scenario: Scenario, runs: dict[str, Run], today: str) -> str:
     if uv:
         shown.append(max(uv, key=lambda n: total_goodput(runs[n].phases)))
     fig, axes = plt.subplots(3, 1, sharex=True, figsize=(9, 9), constrained_layout=True)
-    for name in shown:
-        run = runs[name]
-        ts = [i + 0.5 for i in range(len(run.per_second))]
-        axes[1].plot(ts, [s.goodput for s in run.per_second], label=name, linewidth=1.4)
-        axes[2].plot(ts, [_ms(s.p99) or math.nan for s in run.per_second], label=name,
-                     linewidth=1.4)  # fmt: skip
+    for i, name in enumerate(shown):
+        run, style = runs[name], {"label": name, "linewidth": 1.4, "color": f"C{i}"}
+        ts = [k + 0.5 for k in range(len(run.per_second))]
+        axes[1].plot(ts, [s.goodput for s in run.per_second], **style)
+        axes[2].plot(ts, [_ms(s.p99) or math.nan for s in run.per_second], **style)
         if run.limits:
             axes[0].step([t for t, _ in run.limits], [v for _, v in run.limits], where="post",
-                         label=name, linewidth=1.4)  # fmt: skip
+                         **style)  # fmt: skip
     axes[0].set_ylabel("sidecar concurrency limit")
     axes[0].set_yscale("log")
     axes[1].set_ylabel("goodput 2xx/s")
@@ -456,7 +455,7 @@ def _plot(scenario: Scenario, runs: dict[str, Run], today: str) -> str:
         edge += step.seconds
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize="small", loc="upper right")
+    axes[1].legend(fontsize="small", loc="upper right")
     axes[2].set_xlabel("seconds (dotted: phase edges; the first phase is the warm-up)")
     fig.suptitle(f"{scenario.name}: {scenario.about} — vegeta open loop, {today}")
     PLOTS.mkdir(parents=True, exist_ok=True)
