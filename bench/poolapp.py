@@ -12,17 +12,12 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
+from bench.rawasgi import Receive, Scope, Send, answer, lifespan
 from bench.shifting import Shift
-
-Message = MutableMapping[str, Any]
 
 SLOTS = int(os.environ.get("POOLAPP_SLOTS", "8"))
 LATENCY = float(os.environ.get("POOLAPP_MS", "20")) / 1000
-BODY = b'{"ok":true}'
-HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
 SHIFT = Shift()
 
 
@@ -63,19 +58,10 @@ class Pool:
 POOL = Pool()
 
 
-async def app(
-    scope: MutableMapping[str, Any],
-    receive: Callable[[], Awaitable[Message]],
-    send: Callable[[Message], Awaitable[None]],
-) -> None:
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     await POOL.acquire()
@@ -83,5 +69,4 @@ async def app(
         await asyncio.sleep(LATENCY)
     finally:
         POOL.release()
-    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-    await send({"type": "http.response.body", "body": BODY})
+    await answer(send)
