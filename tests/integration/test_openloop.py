@@ -39,7 +39,7 @@ def test_vegeta_offers_its_rate_and_every_request_comes_back(tmp_path):
     # requests may meet it)
     assert summarize(hits, 0.0, 0.9).rejected == 0
     assert calm.p50 is not None
-    assert calm.p50 >= 0.020
+    assert calm.p50 >= 0.019  # the pool's 20 ms (asyncio's timers may end a little early)
     assert 0.99 * 1600 <= storm.sent <= 1600
     assert storm.rejected > 800  # at most 8 in flight of 20 ms each: ~400/s get in
     assert 0 < storm.ok < 600

@@ -81,7 +81,10 @@ def test_the_production_sample_runs_and_reads_its_secrets_through_its_service(
     def answered_by_more_than_one_pod() -> bool:
         # Fresh connections through the ClusterIP: kube-proxy spreads them over the Pods
         # once the EndpointSlice lists all three (it may lag the Pods' readiness).
-        answer = _whoami(ip, port)
+        try:
+            answer = _whoami(ip, port)
+        except ConnectionRefusedError:
+            return False  # kube-proxy has not programmed the Service's endpoints yet
         assert answer["digests"] == {
             "env:DATABASE_PASSWORD": password,
             "file:/run/secrets/db/password": password,
