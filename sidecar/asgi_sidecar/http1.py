@@ -38,6 +38,10 @@ _SPECIAL: Final = HOP_BY_HOP | {
 # environ, asgiref's adapter) fold both spellings into one HTTP_* key, so the field would
 # be an ordinary one here and a framing field to the app behind the server.
 _FRAMING_ALIASES: Final = (b"content_length", b"transfer_encoding")
+# Single bytes looked for as ints: ``b"#" in data`` costs CPython a TypeError raised and
+# cleared (a bytes operand is first tried as an integer), ``35 in data`` a memchr.
+_UNDERSCORE: Final = ord("_")
+_HASH: Final = ord("#")
 # Named in Connection, these are still kept: dropping the framing or the Host would
 # desync the upstream.
 _NEVER_DROPPED: Final = (b"close", b"keep-alive", b"upgrade", b"content-length", b"host")
@@ -86,6 +90,7 @@ class RequestHead:
     host_bad = False  # a Host field whose value is not uri-host [":" port]
     te_bad = False  # a coding other than a single, final chunked
     alias_seen = False  # a field named like a framing field with "_" (_FRAMING_ALIASES)
+    keep_lines = True  # False: check the rules only, build no head (``check_request``)
 
     def __init__(self) -> None:
         self.head: list[bytes] = []
@@ -94,20 +99,25 @@ class RequestHead:
     def add_header(self, name: bytes, value: bytes) -> None:
         self.head_size += len(name) + len(value) + 4
         lname = lower_name(name) or name.lower()  # llhttp checked that it is a token
-        if lname not in _SPECIAL:
-            if b"_" in lname and lname.replace(b"-", b"_") in _FRAMING_ALIASES:
-                self.alias_seen = True
+        if lname in _SPECIAL:
+            if not self._special(lname, value):
+                return  # hop-by-hop, or folded into what the head adds itself
+        elif _UNDERSCORE in lname and lname.replace(b"-", b"_") in _FRAMING_ALIASES:
+            self.alias_seen = True
+        if self.keep_lines:
             self.head.append(b"".join((name, b": ", value, b"\r\n")))
-            return
+
+    def _special(self, lname: bytes, value: bytes) -> bool:
+        """Note a field the rules look at; True if it is forwarded as it came."""
         if lname == b"content-length":
             self.has_body = value.strip() not in (b"0", b"")
-            self.head.append(name + b": " + value + b"\r\n")
-        elif lname == b"host":
+            return True
+        if lname == b"host":
             self.hosts += 1
             if not valid_authority(value.strip(b" \t")):
                 self.host_bad = True
-            self.head.append(name + b": " + value + b"\r\n")
-        elif lname == b"transfer-encoding":
+            return True
+        if lname == b"transfer-encoding":
             # Only chunked is understood, once (RFC 9112 6.1); which refusal is owed
             # (400 or 501) is decided once the whole field is known, in ``validate``.
             if self.chunked or value.strip().lower() != b"chunked":
@@ -123,13 +133,13 @@ class RequestHead:
             self.xff = value if not self.xff else self.xff + b", " + value
         elif lname == b"x-forwarded-proto":
             self.proto_seen = True
-            self.head.append(name + b": " + value + b"\r\n")
+            return True
         elif lname == b"expect":
             if value.strip().lower() == b"100-continue":
                 self.expect_continue = True
             else:
                 self.error = (417, "bad_request")
-        # other hop-by-hop headers are dropped
+        return False  # other hop-by-hop headers are dropped
 
     def validate(self, version: str, upstream: str) -> None:
         """Apply the RFC 9112 rules for a complete head; raise ``RequestRefusedError``.
@@ -151,7 +161,7 @@ class RequestHead:
                 raise BadTransferEncodingError  # section 6.3: length undeterminable
             raise RequestRefusedError(501, "unsupported_coding")  # section 6.1
         url = self.url
-        if b"#" in url:
+        if _HASH in url:
             # Section 3.2: no fragment in a request target.  Upstreams disagree on what
             # follows "#" (uvicorn's httptools protocol drops it, its h11 protocol and
             # hypercorn keep it in the path), so it is refused rather than passed on.
@@ -205,6 +215,22 @@ class RequestHead:
             self.upgrade = b""
         self.head_bytes = b"".join((self.method, b" ", self.url, b" HTTP/1.1\r\n", *head, b"\r\n"))
         self.head = []
+
+
+def check_request(
+    method: bytes, url: bytes, version: str, fields: list[tuple[bytes, bytes]]
+) -> None:
+    """The edge's request rules for a head another server reads (embedded mode, on uvicorn).
+
+    The same rules as ``RequestHead.validate``, with no head built for an upstream; raises
+    ``RequestRefusedError`` (or a subclass) for a head the proxy would refuse.
+    """
+    head = RequestHead()
+    head.keep_lines = False
+    head.method, head.url = method, url
+    for name, value in fields:
+        head.add_header(name, value)
+    head.validate(version, "")
 
 
 # -- responses from the upstream, rewritten for the client -----------------------------------

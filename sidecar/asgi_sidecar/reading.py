@@ -30,6 +30,7 @@ BODY_BUFFER_LIMIT: Final = 256 * 1024  # request body bytes held before reading 
 BODY_ADMIT_BYTES: Final = 16 * 1024
 PIPELINE_LIMIT: Final = 16  # pipelined requests waiting their turn before reading pauses
 LINGER_SECONDS: Final = 2.0  # a closed connection's input is read and dropped this long
+_LF: Final = ord("\n")  # an int: ``b"\\n" in data`` would cost CPython a TypeError (http1)
 
 
 class RequestReader(asyncio.Protocol, Connection):
@@ -139,7 +140,7 @@ class RequestReader(asyncio.Protocol, Connection):
             self.feeding = False
         if self.in_head:
             # Only a head that spans reads gets here: most arrive whole in one.
-            if self.line_open and b"\n" in data:
+            if self.line_open and _LF in data:
                 self.line_open = False
             self.head_bytes += len(data)
             if self.head_bytes > self.core.settings.max_header_size:

@@ -4,7 +4,7 @@ uvicorn's own protocol leaves most of RFC 9112's request rules to the app: an
 HTTP/1.1 request without ``Host``, an ``HTTP/2.0`` request line, ``gzip, chunked``
 or a fragment in the target reach it, and what llhttp refuses gets a plain 400
 that nobody counts.  ``StrictHttpToolsProtocol`` checks every head with the
-proxy's ``http1.RequestHead.validate`` before uvicorn builds its scope, and
+proxy's rules (``http1.check_request``) before uvicorn builds its scope, and
 answers every refusal as the proxy does (``refusing.input_refusal``: 400, 501 or
 505, closing the connection); ``refused`` is the hook that counts it.
 """
@@ -23,13 +23,9 @@ class StrictHttpToolsProtocol(HttpToolsProtocol):
         """A request was refused with ``status``; subclasses count it under ``reason``."""
 
     def on_headers_complete(self) -> None:
-        head = http1.RequestHead()
-        head.method, head.url = self.parser.get_method(), self.url
-        for name, value in self.headers:
-            head.add_header(name, value)
-        # Raises RequestRefusedError, which the parser hands to data_received.  The
-        # upstream URL only serves an HTTP/1.0 request's missing Host in proxy mode.
-        head.validate(self.parser.get_http_version(), "")
+        # Raises RequestRefusedError, which the parser hands to data_received.
+        parser = self.parser
+        http1.check_request(parser.get_method(), self.url, parser.get_http_version(), self.headers)
         HttpToolsProtocol.on_headers_complete(self)
 
     def data_received(self, data: bytes) -> None:

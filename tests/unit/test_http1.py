@@ -292,3 +292,28 @@ def test_gateway_errors_say_what_failed():
     late = http1.gateway_error(504, keep_alive=False, keep_alive_timeout=5, head_only=False)
     assert bad.endswith(b"Bad Gateway\n")
     assert late.endswith(b"Gateway Timeout\n")
+
+
+@pytest.mark.parametrize(
+    ("version", "url", "fields", "status"),
+    [
+        ("1.1", b"/", [], 400),  # HTTP/1.1 without Host
+        ("1.1", b"/a#frag", [(b"host", b"x")], 400),
+        ("1.1", b"/", [(b"host", b"x"), (b"host", b"y")], 400),
+        ("1.1", b"/", [(b"host", b"x"), (b"content_length", b"5")], 400),
+        ("1.1", b"/", [(b"host", b"x"), (b"transfer-encoding", b"gzip, chunked")], 501),
+        ("2.0", b"/", [(b"host", b"x")], 505),
+    ],
+)
+def test_check_request_applies_the_proxys_rules(version, url, fields, status):
+    """Embedded mode's check refuses what the proxy refuses, with the same status."""
+    with pytest.raises(http1.RequestRefusedError) as refused:
+        http1.check_request(b"GET", url, version, fields)
+    assert refused.value.status == status
+
+
+def test_check_request_passes_a_valid_head():
+    fields = [(b"host", b"example.com:8080"), (b"x-custom_name", b"1"), (b"accept", b"*/*")]
+    http1.check_request(b"GET", b"/path?q=1", "1.1", fields)
+    http1.check_request(b"OPTIONS", b"*", "1.1", fields[:1])
+    http1.check_request(b"GET", b"/", "1.0", [])  # HTTP/1.0 may omit Host
