@@ -170,7 +170,7 @@ class RequestHead:
             self._check_target(url)
         if self.hosts > 1 or self.host_bad or (self.hosts == 0 and version != "1.0"):
             raise RequestRefusedError(400, "bad_host")  # section 3.2
-        if self.hosts == 0:
+        if self.hosts == 0 and self.keep_lines:
             self.head.append(b"host: " + upstream_authority(upstream) + b"\r\n")
 
     def _check_target(self, url: bytes) -> None:
