@@ -179,6 +179,7 @@ class Core:
     admission: Admission[Exchange]
     keep_alive_end: bytes  # the end of a response head on a kept-alive connection
     close_after_response: bool  # draining or shutting down: responses close their connection
+    stopping: bool  # the listener closed: a finished response closes its connection
 
     settings: SidecarSettings
 

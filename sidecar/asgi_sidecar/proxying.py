@@ -209,7 +209,7 @@ class FrontConnection(RequestReader, ClientEnd):
             self.finish(ex)
             return
         ex.status = status
-        ex.keep_alive = ex.keep_alive and ex.body_done
+        ex.keep_alive = ex.keep_alive and ex.body_done and not self.core.close_after_response
         response = http1.gateway_error(
             status,
             keep_alive=ex.keep_alive,
@@ -236,9 +236,13 @@ class FrontConnection(RequestReader, ClientEnd):
             self.resume_reading(PAUSE_UPSTREAM)  # that upstream connection is done with us
         if self.closed:
             return
-        stopping = self.core.close_after_response
-        if not ex.keep_alive or stopping:
-            self.close("shutdown" if stopping else "server_closed")
+        # A response whose head went out announcing keep-alive (before a drain began) does
+        # not close its connection: the client may be sending the next request on it this
+        # instant, and would read a close with no response.  It goes idle, its next
+        # response says close, and the drain's end closes it if it stays idle.
+        core = self.core
+        if not ex.keep_alive or core.stopping:
+            self.close("shutdown" if core.close_after_response else "server_closed")
             return
         if self.pending:
             if self.paused & PAUSE_PIPELINE and len(self.pending) < PIPELINE_LIMIT:

@@ -115,6 +115,30 @@ def test_prestop_drain_closes_each_connection_after_its_response(upstream_port, 
         assert "preStop drain" in sc.log()
 
 
+def test_a_response_that_announced_keep_alive_before_the_drain_keeps_its_connection(
+    upstream_port, tmp_path
+):
+    """The head went out saying keep-alive, then the drain began, then the body ended: the
+    client may be sending its next request that instant, so closing the connection would
+    leave that request unanswered.  The next response says close instead."""
+    with sidecar(upstream_port, "--drain-token", TOKEN, tmp_path=tmp_path) as sc:
+        conn = Conn(sc.port)
+        conn.send("/stream?n=2&key=drain")
+        head = conn.client.read_head()
+        assert (head.status, head.header("connection")) == (200, "keep-alive")
+        assert conn.client.read_chunk() == b"piece 0\n"
+        answer = in_background(lambda: drain(sc, 2))
+        wait_for(lambda: readyz(sc) == 503, what="readiness 503 once draining")
+        assert Conn(sc.port).request("/release?key=drain").status == 200
+        assert conn.client.read_chunk() == b"piece 1\n"
+        assert conn.client.read_chunk() == b""
+        assert conn.is_open()
+        response = conn.request("/echo")
+        assert (response.status, response.headers["connection"]) == (200, "close")
+        assert conn.wait_closed(2) is not None
+        assert answer().status_code == 200
+
+
 @pytest.mark.parametrize("query", ["seconds=abc", "seconds=-1", "seconds=301"])
 def test_prestop_drain_refuses_a_bad_duration_and_changes_nothing(upstream_port, tmp_path, query):
     with sidecar(upstream_port, tmp_path=tmp_path) as sc:
