@@ -7,10 +7,11 @@ configured backlog.  Three pieces adapt uvicorn:
   engine the proxy uses (``admitting.py``): it counts requests, not
   connections, admits exactly N, queues, and answers 503 with Retry-After on a
   connection that stays open.
-* ``GuardedProtocol`` (a uvicorn protocol subclass) starts the idle timer when a
-  connection opens, so one that never sends a byte is closed too, adds the
-  header timeout (408), tracks idle connections for ``max_connections`` and
-  feeds the connection metrics.
+* ``GuardedProtocol`` (a uvicorn protocol subclass) keeps idle connections in
+  swept deadlines (``tracking.Deadlines``) instead of uvicorn's timer per
+  response, from the moment a connection opens, so one that never sends a byte
+  is closed too; it adds the header timeout (408), evicts the longest-idle
+  connection at ``max_connections`` and feeds the connection metrics.
 * ``EmbeddedServer`` is what the process runner (``running.py``) runs: it keeps
   uvicorn off the signals, so SIGTERM drains as in proxy mode (readiness 503,
   ``shutdown_delay``, then uvicorn's graceful shutdown bounded by
@@ -93,7 +94,6 @@ class EmbeddedServer:
             http=protocol,
             loop="none",
             lifespan="auto",
-            timeout_keep_alive=int(max(1, settings.timeout_keep_alive)),
             timeout_graceful_shutdown=int(max(1, settings.timeout_graceful_shutdown)),
             backlog=settings.backlog,
             log_config=None,
@@ -155,16 +155,17 @@ class EmbeddedServer:
         if new.backlog != old.backlog and self.listener is not None:
             self.listener.listen(new.backlog)
             self.effective_backlog = measure_backlog(self.listener, new.backlog)
-        keep_alive = int(max(1, new.timeout_keep_alive))
-        self.config.timeout_keep_alive = keep_alive  # for connections opened from now on
-        for proto in self.connections:
-            proto.timeout_keep_alive = keep_alive  # from their next idle period
+        if new.timeout_keep_alive < old.timeout_keep_alive:
+            self.idle.unordered(self.loop.time() + old.timeout_keep_alive)
         if new.header_timeout < old.header_timeout:
             self.heads.unordered(self.loop.time() + old.header_timeout)
 
     def _sweep(self) -> None:
-        """Every 0.1 s: answer 408 to clients whose headers are overdue; adapt the limit."""
+        """Every 0.1 s: close connections idle too long, answer 408 to clients whose
+        headers are overdue; adapt the limit."""
         now = self.loop.time()
+        for proto in self.idle.pop_expired(now):
+            proto.idle_timed_out()
         for proto in self.heads.pop_expired(now):
             proto.header_timed_out()
         self.admission.tick(now)
@@ -275,9 +276,10 @@ class CloseDelimitedCycle(RequestResponseCycle):
 class GuardedProtocol(StrictHttpToolsProtocol):
     """uvicorn's httptools protocol plus idle-from-the-start, header timeout and tracking.
 
-    Nothing here adds a timer per request: the header deadline lives in the
-    shared ``Deadlines`` swept every 0.1 s, and after a response uvicorn's own
-    keep-alive timer (same timeout) does the idle closing.
+    Nothing here adds a timer per request or per connection: the idle and header
+    deadlines live in the shared ``Deadlines`` swept every 0.1 s, so uvicorn's
+    keep-alive timer is never armed (``on_response_complete``), and a fractional
+    ``timeout_keep_alive`` is honoured to within the sweep.
     """
 
     state: EmbeddedServer  # set on the subclass made per process
@@ -300,15 +302,13 @@ class GuardedProtocol(StrictHttpToolsProtocol):
             victim._close_reason = "evicted"
             victim.transport.close()
         state.connections.add(self)
-        state.idle.add(self, 0.0)
         # uvicorn never times out a connection that has not sent a byte; this does.
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
+        state.idle.add(self, state.loop.time() + state.settings.timeout_keep_alive)
 
-    def timeout_keep_alive_handler(self) -> None:
+    def idle_timed_out(self) -> None:
         self._close_reason = self._close_reason or "idle_timeout"
-        super().timeout_keep_alive_handler()
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         state = self.state
@@ -355,10 +355,18 @@ class GuardedProtocol(StrictHttpToolsProtocol):
             self.transport.close()
 
     def on_response_complete(self) -> None:
-        HttpToolsProtocol.on_response_complete(self)
-        if self.timeout_keep_alive_task is not None:  # uvicorn found nothing pipelined
-            self._idle_since = monotonic()
-            self.state.idle.add(self, 0.0)
+        if self.pipeline:  # uvicorn's starts the next request (and arms no timer)
+            HttpToolsProtocol.on_response_complete(self)
+            return
+        # What uvicorn's does with nothing pipelined (count the request, resume reading),
+        # except that the idle connection gets a deadline where uvicorn arms a timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        state = self.state
+        self._idle_since = monotonic()
+        state.idle.add(self, state.loop.time() + state.settings.timeout_keep_alive)
 
 
 def load_app(target: str, app_dir: str) -> ASGIApp:

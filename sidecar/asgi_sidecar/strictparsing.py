@@ -30,7 +30,8 @@ class StrictHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, but with the proxy's statuses and reasons for what the parser refused.
-        self._unset_keepalive_if_required()
+        if self.timeout_keep_alive_task is not None:  # never armed under GuardedProtocol
+            self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:

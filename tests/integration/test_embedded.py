@@ -69,6 +69,20 @@ def test_silent_connection_is_closed_after_keep_alive(tmp_path):
         wait_for(lambda: sc.metric("asgi_connections_closed_total", 'reason="idle_timeout"') >= 2)
 
 
+def test_a_fractional_keep_alive_is_honoured_and_never_cuts_a_request(tmp_path):
+    """The idle deadline is swept (not uvicorn's whole-second timer): 0.5 s means 0.5 s,
+    and a request that takes longer than that keeps its connection."""
+    args = (*APP, "--timeout-keep-alive", "0.5")
+    with sidecar(0, *args, tmp_path=tmp_path, command="serve") as sc:
+        conn = Conn(sc.port)
+        assert conn.request("/slow?s=1").status == 200
+        assert conn.request("/echo").status == 200  # the same connection, reused at once
+        closed_after = conn.wait_closed(5)
+        assert closed_after is not None
+        assert 0.4 <= closed_after <= 0.9
+        assert sc.metric("asgi_connections_closed_total", 'reason="idle_timeout"') == 1
+
+
 def test_sigterm_exits_zero(tmp_path):
     with sidecar(0, *APP, tmp_path=tmp_path, command="serve") as sc:
         assert httpx.get(sc.url + "/echo", timeout=5).status_code == 200
