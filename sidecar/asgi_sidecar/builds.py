@@ -29,6 +29,7 @@ COMPILED: Final = (
     "admitting",
     "exchanges",
     "framing",
+    "guarding",
     "http1",
     "kernel",
     "limiting",

@@ -41,13 +41,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from asgi_sidecar import http1
 from asgi_sidecar.admitting import QUEUED, Admission
+from asgi_sidecar.guarding import Guard
 from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
 from asgi_sidecar.metrics import Gauges
 from asgi_sidecar.running import run
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
 from asgi_sidecar.strictparsing import StrictHttpToolsProtocol
-from asgi_sidecar.tracking import SWEEP_INTERVAL, Deadlines
+from asgi_sidecar.tracking import SWEEP_INTERVAL
 
 log = logging.getLogger("asgi_sidecar")
 
@@ -81,14 +82,17 @@ class EmbeddedServer:
             settings, self.stats, loop.time, _wake
         )
         self.connections: set[GuardedProtocol] = set()
-        self.idle: Deadlines[GuardedProtocol] = Deadlines()
-        self.heads: Deadlines[GuardedProtocol] = Deadlines()
+        self.guard: Guard[GuardedProtocol, asyncio.Future[None]] = Guard(
+            settings, self.stats, self.admission, loop.time
+        )
+        self.idle = self.guard.idle
+        self.heads = self.guard.heads
         self.ready = False
         self.listener: socket.socket | None = None
         self.effective_backlog = settings.backlog
         self._target = target
         self._sweeper: asyncio.TimerHandle | None = None
-        protocol = type("Protocol", (GuardedProtocol,), {"state": self})
+        protocol = type("Protocol", (GuardedProtocol,), {"state": self, "guard": self.guard})
         self.config = uvicorn.Config(
             AdmissionMiddleware(app, self),
             http=protocol,
@@ -151,6 +155,7 @@ class EmbeddedServer:
 
     def apply(self, new: SidecarSettings) -> None:
         old, self.settings = self.settings, new
+        self.guard.settings = new
         self.admission.apply(new)
         if new.backlog != old.backlog and self.listener is not None:
             self.listener.listen(new.backlog)
@@ -223,8 +228,8 @@ class AdmissionMiddleware:
                 if not admission.cancel(waiter):
                     admission.release()
                 raise
-        started = monotonic()
-        admission.started(queued_at, started)
+        guard = state.guard
+        started = guard.admitted(queued_at)
         status = 500
 
         async def counting_send(message: Message) -> None:
@@ -236,8 +241,7 @@ class AdmissionMiddleware:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            state.stats.requests[status] += 1
-            admission.finished(monotonic() - started)
+            guard.answered(status, started)
 
     async def _reject(self, send: Send, reason: str) -> None:
         stats = self.state.stats
@@ -277,12 +281,14 @@ class GuardedProtocol(StrictHttpToolsProtocol):
     """uvicorn's httptools protocol plus idle-from-the-start, header timeout and tracking.
 
     Nothing here adds a timer per request or per connection: the idle and header
-    deadlines live in the shared ``Deadlines`` swept every 0.1 s, so uvicorn's
+    deadlines live in the ``guarding.Guard`` (compiled, one call per hook), swept
+    every 0.1 s, so uvicorn's
     keep-alive timer is never armed (``on_response_complete``), and a fractional
     ``timeout_keep_alive`` is honoured to within the sweep.
     """
 
-    state: EmbeddedServer  # set on the subclass made per process
+    state: EmbeddedServer  # both set on the subclass made per process
+    guard: Guard[GuardedProtocol, asyncio.Future[None]]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         state = self.state
@@ -303,7 +309,7 @@ class GuardedProtocol(StrictHttpToolsProtocol):
             victim.transport.close()
         state.connections.add(self)
         # uvicorn never times out a connection that has not sent a byte; this does.
-        state.idle.add(self, state.loop.time() + state.settings.timeout_keep_alive)
+        self._idle_since = self.guard.went_idle(self)
 
     def idle_timed_out(self) -> None:
         self._close_reason = self._close_reason or "idle_timeout"
@@ -313,28 +319,16 @@ class GuardedProtocol(StrictHttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         state = self.state
         state.connections.discard(self)
-        state.idle.discard(self)
-        state.heads.discard(self)
-        reason = self._close_reason or ("client_error" if exc else "client_closed")
-        state.stats.connections_closed[reason] += 1
+        self.guard.closed(self, self._close_reason or ("client_error" if exc else "client_closed"))
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
-        state = self.state
-        if self._served:
-            stats = state.stats
-            stats.keepalive_reused += 1
-            if self in state.idle:
-                state.idle.discard(self)
-                stats.idle_gap.observe(monotonic() - self._idle_since)
-        else:
-            state.idle.discard(self)
+        self.guard.request_begins(self, self._served > 0, self._idle_since)
         self._served += 1
-        state.heads.add(self, self.loop.time() + state.settings.header_timeout)
         HttpToolsProtocol.on_message_begin(self)
 
     def on_headers_complete(self) -> None:
-        self.state.heads.discard(self)
+        self.guard.head_complete(self)
         StrictHttpToolsProtocol.on_headers_complete(self)  # the proxy's request rules first
         cycle = self.cycle
         # The cycle was made (and its task created, not yet run) just now, unless the request
@@ -364,9 +358,7 @@ class GuardedProtocol(StrictHttpToolsProtocol):
         if self.transport.is_closing():
             return
         self.flow.resume_reading()
-        state = self.state
-        self._idle_since = monotonic()
-        state.idle.add(self, state.loop.time() + state.settings.timeout_keep_alive)
+        self._idle_since = self.guard.went_idle(self)
 
 
 def load_app(target: str, app_dir: str) -> ASGIApp:

@@ -46,6 +46,10 @@ class Deadlines(Generic[K]):
     def discard(self, key: K) -> None:
         self._entries.pop(key, None)
 
+    def take(self, key: K) -> bool:
+        """Remove ``key``; True if it was there."""
+        return self._entries.pop(key, None) is not None
+
     def oldest(self) -> K | None:
         for key in self._entries:
             return key

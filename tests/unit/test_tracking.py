@@ -29,3 +29,11 @@ def test_lowered_timeout_scans_everything_until_old_entries_are_gone():
     deadlines.unordered(until=100)
     assert deadlines.pop_expired(6) == ["new"]
     assert "old" in deadlines
+
+
+def test_take_removes_a_key_and_says_whether_it_was_there():
+    deadlines: Deadlines[str] = Deadlines()
+    deadlines.add("a", 1)
+    assert deadlines.take("a") is True
+    assert deadlines.take("a") is False
+    assert len(deadlines) == 0

@@ -1,0 +1,77 @@
+"""Embedded mode's per-connection bookkeeping (``guarding.Guard``), on its own."""
+
+from __future__ import annotations
+
+from time import monotonic
+
+from asgi_sidecar.admitting import Admission
+from asgi_sidecar.guarding import Guard
+from asgi_sidecar.settings import SidecarSettings
+from asgi_sidecar.stats import Stats
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def guard(**settings: object) -> tuple[Guard[str, str], Clock, Stats]:
+    clock, stats = Clock(), Stats()
+    values = SidecarSettings(**{"limit_concurrency": 1, **settings})
+    admission: Admission[str] = Admission(values, stats, clock, lambda _: True)
+    return Guard(values, stats, admission, clock), clock, stats
+
+
+def test_an_idle_connection_gets_the_keep_alive_deadline_and_a_head_the_header_deadline():
+    g, clock, _ = guard(timeout_keep_alive=7.5, header_timeout=2.0)
+    g.went_idle("a")
+    assert g.idle.pop_expired(107.4) == []
+    g.request_begins("a", reused=False, idle_since=monotonic())
+    assert "a" not in g.idle  # a request in progress is not idle
+    assert g.heads.pop_expired(101.9) == []
+    clock.now = 101.0
+    g.went_idle("b")
+    g.request_begins("b", reused=False, idle_since=monotonic())
+    assert g.heads.pop_expired(102.0) == ["a"]
+    g.head_complete("b")
+    assert len(g.heads) == 0
+
+
+def test_a_reused_connection_counts_the_reuse_and_its_idle_gap():
+    g, _, stats = guard()
+    g.went_idle("a")
+    g.request_begins("a", reused=False, idle_since=monotonic())
+    assert (stats.keepalive_reused, stats.idle_gap.count) == (0, 0)
+    g.went_idle("a")
+    g.request_begins("a", reused=True, idle_since=monotonic() - 3.0)
+    assert (stats.keepalive_reused, stats.idle_gap.count) == (1, 1)
+    assert 3.0 <= stats.idle_gap.sum < 4.0
+    # A pipelined request begins with no idle period before it: reused, no gap.
+    g.request_begins("a", reused=True, idle_since=monotonic() - 50.0)
+    assert (stats.keepalive_reused, stats.idle_gap.count) == (2, 1)
+
+
+def test_closing_forgets_the_connection_and_counts_the_reason():
+    g, _, stats = guard()
+    g.went_idle("a")
+    g.request_begins("b", reused=False, idle_since=monotonic())
+    g.closed("a", "idle_timeout")
+    g.closed("b", "client_closed")
+    assert (len(g.idle), len(g.heads)) == (0, 0)
+    assert stats.connections_closed == {"idle_timeout": 1, "client_closed": 1}
+
+
+def test_an_answered_request_is_counted_by_status_and_frees_its_slot():
+    g, _, stats = guard()
+    assert g.admission.try_acquire()
+    assert not g.admission.try_acquire()
+    started = g.admitted(queued_at=-1.0)
+    assert stats.queue_wait.count == 0  # it never waited
+    g.answered(404, started)
+    assert stats.requests == {404: 1}
+    assert stats.request_duration.count == 1
+    assert g.admission.try_acquire()  # the slot is free again
+    g.admitted(queued_at=monotonic() - 0.2)
+    assert stats.queue_wait.count == 1
