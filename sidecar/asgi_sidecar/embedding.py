@@ -3,10 +3,10 @@
 No proxy hop: uvicorn runs the app on a socket the sidecar opened with the
 configured backlog.  Three pieces adapt uvicorn:
 
-* ``AdmissionMiddleware`` replaces ``limit_concurrency`` with the admission
-  engine the proxy uses (``admitting.py``): it counts requests, not
-  connections, admits exactly N, queues, and answers 503 with Retry-After on a
-  connection that stays open.
+* ``guarding.AdmissionMiddleware`` (compiled) replaces ``limit_concurrency``
+  with the admission engine the proxy uses (``admitting.py``): it counts
+  requests, not connections, admits exactly N, queues, and answers 503 with
+  Retry-After on a connection that stays open.
 * ``GuardedProtocol`` (a uvicorn protocol subclass) keeps idle connections in
   swept deadlines (``tracking.Deadlines``) instead of uvicorn's timer per
   response, from the moment a connection opens, so one that never sends a byte
@@ -40,8 +40,8 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from asgi_sidecar import http1
-from asgi_sidecar.admitting import QUEUED, Admission
-from asgi_sidecar.guarding import Guard
+from asgi_sidecar.admitting import Admission
+from asgi_sidecar.guarding import AdmissionMiddleware, Guard
 from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
 from asgi_sidecar.metrics import Gauges
 from asgi_sidecar.running import run
@@ -94,7 +94,7 @@ class EmbeddedServer:
         self._sweeper: asyncio.TimerHandle | None = None
         protocol = type("Protocol", (GuardedProtocol,), {"state": self, "guard": self.guard})
         self.config = uvicorn.Config(
-            AdmissionMiddleware(app, self),
+            AdmissionMiddleware(app, self.guard),
             http=protocol,
             loop="none",
             lifespan="auto",
@@ -194,62 +194,6 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-class AdmissionMiddleware:
-    """Concurrency limit on requests (not connections), with queue and Retry-After."""
-
-    def __init__(self, app: ASGIApp, state: EmbeddedServer) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = self.state
-        admission = state.admission
-        queued_at = -1.0
-        if not admission.try_acquire():
-            waiter: asyncio.Future[None] = state.loop.create_future()
-            outcome = admission.queue(waiter)
-            if outcome != QUEUED:
-                await self._reject(send, outcome)
-                return
-            queued_at = monotonic()
-            try:
-                await asyncio.wait_for(asyncio.shield(waiter), state.settings.queue_timeout)
-            except TimeoutError:
-                if admission.cancel(waiter):
-                    await self._reject(send, "queue_timeout")
-                    return
-                # admitted just as the wait ended: fall through holding the slot
-            except asyncio.CancelledError:
-                if not admission.cancel(waiter):
-                    admission.release()
-                raise
-        guard = state.guard
-        started = guard.admitted(queued_at)
-        status = 500
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        finally:
-            guard.answered(status, started)
-
-    async def _reject(self, send: Send, reason: str) -> None:
-        stats = self.state.stats
-        stats.rejected[reason] += 1
-        stats.requests[503] += 1
-        headers = http1.rejection_fields(self.state.settings.retry_after)
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": http1.REJECTION_BODY})
 
 
 class CloseDelimitedCycle(RequestResponseCycle):
