@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 # The request path and what it calls, compiled together (one shared library).  Not here:
 # settings (pydantic), metrics (prometheus-client), the CLI and process modules, and
-# embedding/strictparsing, which subclass uvicorn's classes.
+# embedding, which subclasses uvicorn's classes.
 COMPILED: Final = (
     "adapting",
     "admitting",

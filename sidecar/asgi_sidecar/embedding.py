@@ -7,11 +7,13 @@ configured backlog.  Three pieces adapt uvicorn:
   with the admission engine the proxy uses (``admitting.py``): it counts
   requests, not connections, admits exactly N, queues, and answers 503 with
   Retry-After on a connection that stays open.
-* ``GuardedProtocol`` (a uvicorn protocol subclass) keeps idle connections in
-  swept deadlines (``tracking.Deadlines``) instead of uvicorn's timer per
-  response, from the moment a connection opens, so one that never sends a byte
-  is closed too; it adds the header timeout (408), evicts the longest-idle
-  connection at ``max_connections`` and feeds the connection metrics.
+* ``GuardedProtocol`` (a uvicorn protocol subclass) holds every request head to
+  the proxy's request rules and answers refusals as the proxy does.  It keeps
+  idle connections in swept deadlines (``guarding.Guard``) instead of uvicorn's
+  timer per response, from the moment a connection opens, so one that never
+  sends a byte is closed too; it adds the header timeout (408), evicts the
+  longest-idle connection at ``max_connections`` and feeds the connection
+  metrics.
 * ``EmbeddedServer`` is what the process runner (``running.py``) runs: it keeps
   uvicorn off the signals, so SIGTERM drains as in proxy mode (readiness 503,
   ``shutdown_delay``, then uvicorn's graceful shutdown bounded by
@@ -36,6 +38,7 @@ from pathlib import Path
 from time import monotonic
 from typing import Any, Final
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -44,10 +47,10 @@ from asgi_sidecar.admitting import Admission
 from asgi_sidecar.guarding import AdmissionMiddleware, Guard
 from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
 from asgi_sidecar.metrics import Gauges
+from asgi_sidecar.refusing import input_refusal
 from asgi_sidecar.running import run
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
-from asgi_sidecar.strictparsing import StrictHttpToolsProtocol
 from asgi_sidecar.tracking import SWEEP_INTERVAL
 
 log = logging.getLogger("asgi_sidecar")
@@ -221,8 +224,17 @@ class CloseDelimitedCycle(RequestResponseCycle):
         await super().send(message)
 
 
-class GuardedProtocol(StrictHttpToolsProtocol):
-    """uvicorn's httptools protocol plus idle-from-the-start, header timeout and tracking.
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the edge's request rules, idle-from-the-start,
+    header timeout and tracking.
+
+    uvicorn's own protocol leaves most of RFC 9112's request rules to the app: an
+    HTTP/1.1 request without ``Host``, an ``HTTP/2.0`` request line, ``gzip, chunked``
+    or a fragment in the target reach it, and what llhttp refuses gets a plain 400
+    that nobody counts.  This one checks every head with the proxy's rules
+    (``http1.check_request``) before uvicorn builds its scope, and answers and counts
+    every refusal as the proxy does (``refusing.input_refusal``: 400, 501 or 505,
+    closing the connection).
 
     Nothing here adds a timer per request or per connection: the idle and header
     deadlines live in the ``guarding.Guard`` (compiled, one call per hook), swept
@@ -272,18 +284,42 @@ class GuardedProtocol(StrictHttpToolsProtocol):
         HttpToolsProtocol.on_message_begin(self)
 
     def on_headers_complete(self) -> None:
-        self.guard.head_complete(self)
-        StrictHttpToolsProtocol.on_headers_complete(self)  # the proxy's request rules first
-        cycle = self.cycle
-        # The cycle was made (and its task created, not yet run) just now, unless the request
-        # is an upgrade; uvicorn offers no hook to make another class of it.
-        if cycle is not None and cycle.scope is self.scope and self.scope["http_version"] == "1.0":
-            cycle.__class__ = CloseDelimitedCycle
+        parser = self.parser
+        version = parser.get_http_version()
+        # The proxy's request rules first: a refusal raises RequestRefusedError, which the
+        # parser hands to data_received.
+        self.guard.head_complete(self, parser.get_method(), self.url, version, self.headers)
+        HttpToolsProtocol.on_headers_complete(self)
+        if version == "1.0":
+            cycle = self.cycle
+            # The cycle was made (and its task created, not yet run) just now, unless the
+            # request is an upgrade; uvicorn offers no hook to make another class of it.
+            if cycle is not None and cycle.scope is self.scope:
+                cycle.__class__ = CloseDelimitedCycle
 
-    def refused(self, status: int, reason: str) -> None:
-        self.state.stats.rejected[reason] += 1
-        self.state.stats.requests[status] += 1
-        self._close_reason = "server_closed"
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, but with the proxy's statuses and reasons for what the parser refused.
+        if self.timeout_keep_alive_task is not None:  # never armed here: kept for safety
+            self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError as exc:
+            cycle = self.cycle
+            # A cycle for this very scope exists once its head was complete.
+            in_body = cycle is not None and cycle.scope is self.scope
+            status, reason = input_refusal(exc, in_body=in_body)
+            stats = self.state.stats
+            stats.rejected[reason] += 1
+            stats.requests[status] += 1
+            self._close_reason = "server_closed"
+            if not (in_body and cycle.response_started):
+                self.transport.write(http1.refusal(status))
+            self.transport.close()  # a response had started: closing is all that is left
 
     def header_timed_out(self) -> None:
         self.state.stats.rejected["header_timeout"] += 1

@@ -72,8 +72,13 @@ class Guard(Generic[C, W]):
                 stats.idle_gap.observe(monotonic() - idle_since)
         self.heads.add(conn, self.clock() + self.settings.header_timeout)
 
-    def head_complete(self, conn: C) -> None:
+    def head_complete(
+        self, conn: C, method: bytes, url: bytes, version: str, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        """``conn``'s request head is in: its header deadline ends, and it must pass the
+        proxy's request rules (``http1.check_request`` raises ``RequestRefusedError``)."""
         self.heads.discard(conn)
+        http1.check_request(method, url, version, fields)
 
     def closed(self, conn: C, reason: str) -> None:
         self.idle.discard(conn)

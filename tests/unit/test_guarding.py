@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from time import monotonic
 
+import pytest
+
 from asgi_sidecar.admitting import Admission
 from asgi_sidecar.guarding import Guard
+from asgi_sidecar.refusing import RequestRefusedError
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
 
@@ -35,8 +38,20 @@ def test_an_idle_connection_gets_the_keep_alive_deadline_and_a_head_the_header_d
     g.went_idle("b")
     g.request_begins("b", reused=False, idle_since=monotonic())
     assert g.heads.pop_expired(102.0) == ["a"]
-    g.head_complete("b")
+    g.head_complete("b", *GOOD_HEAD)
     assert len(g.heads) == 0
+
+
+GOOD_HEAD = (b"GET", b"/", "1.1", [(b"host", b"example.test")])
+
+
+def test_a_complete_head_must_pass_the_proxys_request_rules():
+    g, _, _ = guard()
+    g.request_begins("a", reused=False, idle_since=monotonic())
+    with pytest.raises(RequestRefusedError) as refused:
+        g.head_complete("a", b"GET", b"/", "1.1", [])  # HTTP/1.1 without Host
+    assert refused.value.status == 400
+    assert len(g.heads) == 0  # refused or not, its header deadline is over
 
 
 def test_a_reused_connection_counts_the_reuse_and_its_idle_gap():
