@@ -86,7 +86,7 @@ class EmbeddedServer:
         )
         self.connections: set[GuardedProtocol] = set()
         self.guard: Guard[GuardedProtocol, asyncio.Future[None]] = Guard(
-            settings, self.stats, self.admission, loop.time
+            settings, self.stats, self.admission, monotonic
         )
         self.idle = self.guard.idle
         self.heads = self.guard.heads
@@ -164,19 +164,19 @@ class EmbeddedServer:
             self.listener.listen(new.backlog)
             self.effective_backlog = measure_backlog(self.listener, new.backlog)
         if new.timeout_keep_alive < old.timeout_keep_alive:
-            self.idle.unordered(self.loop.time() + old.timeout_keep_alive)
+            self.idle.unordered(monotonic() + old.timeout_keep_alive)
         if new.header_timeout < old.header_timeout:
-            self.heads.unordered(self.loop.time() + old.header_timeout)
+            self.heads.unordered(monotonic() + old.header_timeout)
 
     def _sweep(self) -> None:
         """Every 0.1 s: close connections idle too long, answer 408 to clients whose
         headers are overdue; adapt the limit."""
-        now = self.loop.time()
+        now = monotonic()  # the guard's clock
         for proto in self.idle.pop_expired(now):
             proto.idle_timed_out()
         for proto in self.heads.pop_expired(now):
             proto.header_timed_out()
-        self.admission.tick(now)
+        self.admission.tick(self.loop.time())  # the admission engine's
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def gauges(self) -> Gauges:
@@ -249,7 +249,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         state = self.state
         self._close_reason = ""
-        self._idle_since = monotonic()
+        self._idle_since = 0.0  # set when the connection is taken in
         self._served = 0
         super().connection_made(transport)
         state.stats.connections_opened += 1

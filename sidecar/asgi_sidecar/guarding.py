@@ -5,15 +5,14 @@ call per uvicorn hook.
 what its hooks do to the shared state (idle and header deadlines, the counters, the
 admission engine) is here, where mypyc turns it into native code, and so is the ASGI
 middleware that admits each request (a native coroutine costs less than an interpreted
-one).  No I/O but the ASGI calls: deadlines are on the clock it is given (the event
-loop's), durations on ``time.monotonic``.
+one).  No I/O but the ASGI calls, and one clock for every time it keeps (deadlines,
+idle gaps, durations): the one it is given, ``time.monotonic`` in ``serve``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from time import monotonic
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from asgi_sidecar import http1
@@ -58,19 +57,21 @@ class Guard(Generic[C, W]):
         self.heads: Deadlines[C] = Deadlines()
 
     def went_idle(self, conn: C) -> float:
-        """``conn`` opened or answered its last request: returns when (monotonic)."""
-        self.idle.add(conn, self.clock() + self.settings.timeout_keep_alive)
-        return monotonic()
+        """``conn`` opened or answered its last request: returns when (on the clock)."""
+        now = self.clock()
+        self.idle.add(conn, now + self.settings.timeout_keep_alive)
+        return now
 
     def request_begins(self, conn: C, reused: bool, idle_since: float) -> None:
         """A request head starts on ``conn``; ``reused``: not its first request."""
+        now = self.clock()
         was_idle = self.idle.take(conn)
         if reused:
             stats = self.stats
             stats.keepalive_reused += 1
             if was_idle:
-                stats.idle_gap.observe(monotonic() - idle_since)
-        self.heads.add(conn, self.clock() + self.settings.header_timeout)
+                stats.idle_gap.observe(now - idle_since)
+        self.heads.add(conn, now + self.settings.header_timeout)
 
     def head_complete(
         self, conn: C, method: bytes, url: bytes, version: str, fields: list[tuple[bytes, bytes]]
@@ -88,14 +89,14 @@ class Guard(Generic[C, W]):
     def admitted(self, queued_at: float) -> float:
         """An admitted request starts (``queued_at`` negative if it never waited): returns
         its start time for ``answered``."""
-        now = monotonic()
+        now = self.clock()
         self.admission.started(queued_at, now)
         return now
 
     def answered(self, status: int, started: float) -> None:
         """An admitted request's response ended with ``status``: count it, free its slot."""
         self.stats.requests[status] += 1
-        self.admission.finished(monotonic() - started)
+        self.admission.finished(self.clock() - started)
 
 
 class AdmissionMiddleware:
@@ -118,7 +119,7 @@ class AdmissionMiddleware:
             if outcome != QUEUED:
                 await self._reject(send, outcome)
                 return
-            queued_at = monotonic()
+            queued_at = guard.clock()
             try:
                 await asyncio.wait_for(asyncio.shield(waiter), guard.settings.queue_timeout)
             except TimeoutError:

@@ -1,8 +1,6 @@
-"""Embedded mode's per-connection bookkeeping (``guarding.Guard``), on its own."""
+"""Embedded mode's per-connection bookkeeping (``guarding.Guard``), on its own clock."""
 
 from __future__ import annotations
-
-from time import monotonic
 
 import pytest
 
@@ -11,6 +9,8 @@ from asgi_sidecar.guarding import Guard
 from asgi_sidecar.refusing import RequestRefusedError
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
+
+GOOD_HEAD = (b"GET", b"/", "1.1", [(b"host", b"example.test")])
 
 
 class Clock:
@@ -29,25 +29,22 @@ def guard(**settings: object) -> tuple[Guard[str, str], Clock, Stats]:
 
 def test_an_idle_connection_gets_the_keep_alive_deadline_and_a_head_the_header_deadline():
     g, clock, _ = guard(timeout_keep_alive=7.5, header_timeout=2.0)
-    g.went_idle("a")
+    assert g.went_idle("a") == 100.0  # when it went idle, for the idle gap
     assert g.idle.pop_expired(107.4) == []
-    g.request_begins("a", reused=False, idle_since=monotonic())
+    g.request_begins("a", reused=False, idle_since=100.0)
     assert "a" not in g.idle  # a request in progress is not idle
     assert g.heads.pop_expired(101.9) == []
     clock.now = 101.0
     g.went_idle("b")
-    g.request_begins("b", reused=False, idle_since=monotonic())
+    g.request_begins("b", reused=False, idle_since=101.0)
     assert g.heads.pop_expired(102.0) == ["a"]
     g.head_complete("b", *GOOD_HEAD)
     assert len(g.heads) == 0
 
 
-GOOD_HEAD = (b"GET", b"/", "1.1", [(b"host", b"example.test")])
-
-
 def test_a_complete_head_must_pass_the_proxys_request_rules():
     g, _, _ = guard()
-    g.request_begins("a", reused=False, idle_since=monotonic())
+    g.request_begins("a", reused=False, idle_since=100.0)
     with pytest.raises(RequestRefusedError) as refused:
         g.head_complete("a", b"GET", b"/", "1.1", [])  # HTTP/1.1 without Host
     assert refused.value.status == 400
@@ -55,23 +52,24 @@ def test_a_complete_head_must_pass_the_proxys_request_rules():
 
 
 def test_a_reused_connection_counts_the_reuse_and_its_idle_gap():
-    g, _, stats = guard()
-    g.went_idle("a")
-    g.request_begins("a", reused=False, idle_since=monotonic())
+    g, clock, stats = guard()
+    idle_since = g.went_idle("a")
+    g.request_begins("a", reused=False, idle_since=idle_since)
     assert (stats.keepalive_reused, stats.idle_gap.count) == (0, 0)
-    g.went_idle("a")
-    g.request_begins("a", reused=True, idle_since=monotonic() - 3.0)
-    assert (stats.keepalive_reused, stats.idle_gap.count) == (1, 1)
-    assert 3.0 <= stats.idle_gap.sum < 4.0
+    idle_since = g.went_idle("a")
+    clock.now += 3.0
+    g.request_begins("a", reused=True, idle_since=idle_since)
+    assert (stats.keepalive_reused, stats.idle_gap.count, stats.idle_gap.sum) == (1, 1, 3.0)
     # A pipelined request begins with no idle period before it: reused, no gap.
-    g.request_begins("a", reused=True, idle_since=monotonic() - 50.0)
+    clock.now += 50.0
+    g.request_begins("a", reused=True, idle_since=idle_since)
     assert (stats.keepalive_reused, stats.idle_gap.count) == (2, 1)
 
 
 def test_closing_forgets_the_connection_and_counts_the_reason():
     g, _, stats = guard()
     g.went_idle("a")
-    g.request_begins("b", reused=False, idle_since=monotonic())
+    g.request_begins("b", reused=False, idle_since=100.0)
     g.closed("a", "idle_timeout")
     g.closed("b", "client_closed")
     assert (len(g.idle), len(g.heads)) == (0, 0)
@@ -79,14 +77,15 @@ def test_closing_forgets_the_connection_and_counts_the_reason():
 
 
 def test_an_answered_request_is_counted_by_status_and_frees_its_slot():
-    g, _, stats = guard()
+    g, clock, stats = guard()
     assert g.admission.try_acquire()
     assert not g.admission.try_acquire()
     started = g.admitted(queued_at=-1.0)
     assert stats.queue_wait.count == 0  # it never waited
+    clock.now += 0.25
     g.answered(404, started)
     assert stats.requests == {404: 1}
-    assert stats.request_duration.count == 1
+    assert (stats.request_duration.count, stats.request_duration.sum) == (1, 0.25)
     assert g.admission.try_acquire()  # the slot is free again
-    g.admitted(queued_at=monotonic() - 0.2)
-    assert stats.queue_wait.count == 1
+    g.admitted(queued_at=clock.now - 0.5)
+    assert (stats.queue_wait.count, stats.queue_wait.sum) == (1, 0.5)
