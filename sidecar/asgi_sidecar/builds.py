@@ -34,6 +34,7 @@ COMPILED: Final = (
     "kernel",
     "limiting",
     "listening",
+    "livesettings",
     "pooling",
     "proxying",
     "reading",

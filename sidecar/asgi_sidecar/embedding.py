@@ -158,7 +158,7 @@ class EmbeddedServer:
 
     def apply(self, new: SidecarSettings) -> None:
         old, self.settings = self.settings, new
-        self.guard.settings = new
+        self.guard.apply(new)
         self.admission.apply(new)
         if new.backlog != old.backlog and self.listener is not None:
             self.listener.listen(new.backlog)
@@ -284,13 +284,11 @@ class GuardedProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_message_begin(self)
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
-        version = parser.get_http_version()
         # The proxy's request rules first: a refusal raises RequestRefusedError, which the
         # parser hands to data_received.
-        self.guard.head_complete(self, parser.get_method(), self.url, version, self.headers)
+        self.guard.head_complete(self, self.parser, self.url, self.headers)
         HttpToolsProtocol.on_headers_complete(self)
-        if version == "1.0":
+        if self.scope["http_version"] == "1.0":
             cycle = self.cycle
             # The cycle was made (and its task created, not yet run) just now, unless the
             # request is an upgrade; uvicorn offers no hook to make another class of it.

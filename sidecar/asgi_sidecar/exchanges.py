@@ -20,6 +20,7 @@ from asgi_sidecar.http1 import RequestHead
 if TYPE_CHECKING:
     from asgi_sidecar.admitting import Admission
     from asgi_sidecar.framing import ResponseHead
+    from asgi_sidecar.livesettings import LiveSettings
     from asgi_sidecar.settings import SidecarSettings
     from asgi_sidecar.stats import Stats
 
@@ -182,6 +183,7 @@ class Core:
     stopping: bool  # the listener closed: a finished response closes its connection
 
     settings: SidecarSettings
+    live: LiveSettings  # the fields of ``settings`` read per request, as native attributes
 
     def opened(self, conn: Connection) -> None:
         raise NotImplementedError

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from asgi_sidecar import http1
 from asgi_sidecar.admitting import QUEUED
+from asgi_sidecar.livesettings import LiveSettings
 from asgi_sidecar.tracking import Deadlines
 
 if TYPE_CHECKING:
@@ -50,16 +51,22 @@ class Guard(Generic[C, W]):
         clock: Callable[[], float],
     ) -> None:
         self.settings = settings
+        self.live = LiveSettings(settings)
         self.stats = stats
         self.admission = admission
         self.clock = clock
         self.idle: Deadlines[C] = Deadlines()
         self.heads: Deadlines[C] = Deadlines()
 
+    def apply(self, settings: SidecarSettings) -> None:
+        """New settings, live: new deadlines follow them (the caller marks the old ones)."""
+        self.settings = settings
+        self.live = LiveSettings(settings)
+
     def went_idle(self, conn: C) -> float:
         """``conn`` opened or answered its last request: returns when (on the clock)."""
         now = self.clock()
-        self.idle.add(conn, now + self.settings.timeout_keep_alive)
+        self.idle.add(conn, now + self.live.timeout_keep_alive)
         return now
 
     def request_begins(self, conn: C, reused: bool, idle_since: float) -> None:
@@ -71,15 +78,16 @@ class Guard(Generic[C, W]):
             stats.keepalive_reused += 1
             if was_idle:
                 stats.idle_gap.observe(now - idle_since)
-        self.heads.add(conn, now + self.settings.header_timeout)
+        self.heads.add(conn, now + self.live.header_timeout)
 
     def head_complete(
-        self, conn: C, method: bytes, url: bytes, version: str, fields: list[tuple[bytes, bytes]]
+        self, conn: C, parser: Any, url: bytes, fields: list[tuple[bytes, bytes]]
     ) -> None:
-        """``conn``'s request head is in: its header deadline ends, and it must pass the
-        proxy's request rules (``http1.check_request`` raises ``RequestRefusedError``)."""
+        """``conn``'s request head is in (httptools' ``parser`` has it all): its header
+        deadline ends, and it must pass the proxy's request rules (``http1.check_request``
+        raises ``RequestRefusedError``)."""
         self.heads.discard(conn)
-        http1.check_request(method, url, version, fields)
+        http1.check_request(parser, url, fields)
 
     def closed(self, conn: C, reason: str) -> None:
         self.idle.discard(conn)

@@ -13,7 +13,7 @@ nowhere else; ``framing.py`` reads the upstream's responses.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Final
+from typing import Any, Final
 
 from asgi_sidecar.framing import HOP_BY_HOP, ResponseHead, lower_name
 from asgi_sidecar.refusing import (
@@ -217,20 +217,35 @@ class RequestHead:
         self.head = []
 
 
-def check_request(
-    method: bytes, url: bytes, version: str, fields: list[tuple[bytes, bytes]]
-) -> None:
+def request_version(parser: Any, keep_alive: bool, head: RequestHead) -> str:
+    """The HTTP version of the complete head ``head`` in httptools' ``parser`` ("1.1").
+
+    llhttp takes HTTP/0.9, 1.0, 1.1 and 2.0 only, and of those keeps a connection alive
+    without a Connection field for 1.1 alone; so a kept-alive request with no Connection
+    field is HTTP/1.1, and httptools' ``get_http_version`` (which formats a new str,
+    about 2,000 instructions) is asked only otherwise.  ``keep_alive`` is the parser's
+    ``should_keep_alive()``.  tests/unit/test_http1.py checks the premise against the
+    httptools installed.
+    """
+    if keep_alive and not head.conn_tokens:
+        return "1.1"
+    return str(parser.get_http_version())
+
+
+def check_request(parser: Any, url: bytes, fields: list[tuple[bytes, bytes]]) -> None:
     """The edge's request rules for a head another server reads (embedded mode, on uvicorn).
 
-    The same rules as ``RequestHead.validate``, with no head built for an upstream; raises
-    ``RequestRefusedError`` (or a subclass) for a head the proxy would refuse.
+    ``parser`` is httptools' with the head complete (its ``url`` and ``fields`` as the
+    server collected them).  The same rules as ``RequestHead.validate``, with no head
+    built for an upstream; raises ``RequestRefusedError`` (or a subclass) for a head the
+    proxy would refuse.
     """
     head = RequestHead()
     head.keep_lines = False
-    head.method, head.url = method, url
+    head.method, head.url = parser.get_method(), url
     for name, value in fields:
         head.add_header(name, value)
-    head.validate(version, "")
+    head.validate(request_version(parser, parser.should_keep_alive(), head), "")
 
 
 # -- responses from the upstream, rewritten for the client -----------------------------------

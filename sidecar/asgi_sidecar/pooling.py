@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from asgi_sidecar.exchanges import Exchange
-    from asgi_sidecar.settings import SidecarSettings
+    from asgi_sidecar.livesettings import LiveSettings
 
 log = logging.getLogger("asgi_sidecar.upstream")
 
@@ -29,11 +29,11 @@ class UpstreamPool(Pool):
     """Keep-alive connections to one upstream address, and the deadlines of their requests."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, settings: SidecarSettings, host: str, port: int
+        self, loop: asyncio.AbstractEventLoop, live: LiveSettings, host: str, port: int
     ) -> None:
         self.loop = loop
         self.clock: Callable[[], float] = loop.time  # looked up once (see serving.ProxyCore)
-        self.settings = settings  # kept current by the core
+        self.live = live  # kept current by the core
         self.host = host
         self.port = port
         self.idle: deque[UpstreamConnection] = deque()
@@ -57,7 +57,7 @@ class UpstreamPool(Pool):
         try:
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
-                self.settings.upstream_timeout,
+                self.live.upstream_timeout,
             )
         except TimeoutError:
             self.fail(ex, 504, "connect_timeout")
@@ -89,7 +89,7 @@ class UpstreamPool(Pool):
     def release(self, conn: UpstreamConnection) -> None:
         if conn.closed:
             return
-        if len(self.idle) >= self.settings.upstream_max_idle or self.stopping:
+        if len(self.idle) >= self.live.upstream_max_idle or self.stopping:
             conn.close()
             return
         conn.resume_reading()  # a slow client may have paused it; the next one must not hang
@@ -113,7 +113,7 @@ class UpstreamPool(Pool):
                 ex.client.upstream_failed(ex, 504, "timeout")
 
     def close_expired(self, now: float) -> None:
-        limit = now - self.settings.upstream_keep_alive
+        limit = now - self.live.upstream_keep_alive
         idle = self.idle
         while idle and (idle[0].idle_since <= limit or idle[0].closed):
             idle.popleft().close()

@@ -118,13 +118,13 @@ class FrontConnection(RequestReader, ClientEnd):
         # else: answered when the body ends in this read (keep-alive), or after it (close)
 
     def _send_rejection(self, ex: Exchange) -> None:
-        settings = self.core.settings
+        live = self.core.live
         keep = ex.keep_alive and ex.body_done and not self.core.close_after_response
         ex.keep_alive = keep
         response = http1.rejection(
-            settings.retry_after,
+            live.retry_after,
             keep_alive=keep,
-            keep_alive_timeout=settings.timeout_keep_alive,
+            keep_alive_timeout=live.timeout_keep_alive,
             head_only=ex.method == b"HEAD",
         )
         self._answer(ex, response)
@@ -213,7 +213,7 @@ class FrontConnection(RequestReader, ClientEnd):
         response = http1.gateway_error(
             status,
             keep_alive=ex.keep_alive,
-            keep_alive_timeout=self.core.settings.timeout_keep_alive,
+            keep_alive_timeout=self.core.live.timeout_keep_alive,
             head_only=ex.method == b"HEAD",
         )
         assert self.transport is not None

@@ -143,7 +143,7 @@ class RequestReader(asyncio.Protocol, Connection):
             if self.line_open and _LF in data:
                 self.line_open = False
             self.head_bytes += len(data)
-            if self.head_bytes > self.core.settings.max_header_size:
+            if self.head_bytes > self.core.live.max_header_size:
                 if self.line_open:
                     self._protocol_error(414, "uri_too_long")
                 else:
@@ -190,11 +190,12 @@ class RequestReader(asyncio.Protocol, Connection):
         core.head_read(self)
         parser = self.parser
         ex.method = parser.get_method()
-        ex.keep_alive = parser.should_keep_alive()
-        version = parser.get_http_version()
+        ex.keep_alive = keep_alive = parser.should_keep_alive()
+        version = http1.request_version(parser, keep_alive, ex)
         ex.http10 = version == "1.0"
-        ex.validate(version, core.settings.upstream)
-        ex.rewrite(self.peer_ip, core.settings.max_header_size)
+        live = core.live
+        ex.validate(version, live.upstream)
+        ex.rewrite(self.peer_ip, live.max_header_size)
         if not ex.has_body:
             ex.body_done = True
         elif not ex.expect_continue and ex.error is None:

@@ -20,6 +20,7 @@ from asgi_sidecar import http1, kernel
 from asgi_sidecar.admitting import Admission
 from asgi_sidecar.exchanges import Core
 from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
+from asgi_sidecar.livesettings import LiveSettings
 from asgi_sidecar.pooling import UpstreamPool
 from asgi_sidecar.proxying import FrontConnection
 from asgi_sidecar.running import run
@@ -84,7 +85,8 @@ class ProxyCore(Core):
         self.bodies: Deadlines[Connection] = Deadlines()  # bodies read before admission
         self.sending: Deadlines[Connection] = Deadlines()  # clients not reading their response
         self.connections: set[Connection] = set()
-        self.pool = UpstreamPool(loop, settings, *settings.upstream_address)
+        self.live = LiveSettings(settings)  # made anew with the settings (``apply``)
+        self.pool = UpstreamPool(loop, self.live, *settings.upstream_address)
         self.keep_alive_end = http1.keep_alive_end(settings.timeout_keep_alive)
         self.listener: socket.socket | None = None
         self.effective_backlog = settings.backlog
@@ -150,7 +152,7 @@ class ProxyCore(Core):
         if rounds <= 1:
             cutoff = float("inf")
         else:
-            cutoff = self.loop.time() + self.settings.timeout_keep_alive - DRAIN_IDLE_GRACE
+            cutoff = self.loop.time() + self.live.timeout_keep_alive - DRAIN_IDLE_GRACE
         for conn in self.idle.pop_expired(cutoff):
             conn.close("shutdown")
         if len(self.idle) and rounds > 1:
@@ -193,7 +195,8 @@ class ProxyCore(Core):
         """Apply new settings live (the runner has kept those that need a restart)."""
         old = self.settings
         now = self.loop.time()
-        self.settings = self.pool.settings = new
+        self.settings = new
+        self.live = self.pool.live = LiveSettings(new)
         if new.timeout_keep_alive < old.timeout_keep_alive:
             self.idle.unordered(now + old.timeout_keep_alive)
         if new.header_timeout < old.header_timeout:
@@ -222,30 +225,30 @@ class ProxyCore(Core):
         if self.stopping:
             conn.close("shutdown")
             return
-        self.idle.add(conn, self.clock() + self.settings.timeout_keep_alive)
+        self.idle.add(conn, self.clock() + self.live.timeout_keep_alive)
 
     def reading_head(self, conn: Connection, was_idle: bool) -> None:
         if was_idle:
             self.idle.discard(conn)
-        self.heads.add(conn, self.clock() + self.settings.header_timeout)
+        self.heads.add(conn, self.clock() + self.live.header_timeout)
 
     def head_read(self, conn: Connection) -> None:
         self.heads.discard(conn)
 
     def reading_body(self, conn: Connection) -> None:
-        self.bodies.add(conn, self.clock() + self.settings.body_timeout)
+        self.bodies.add(conn, self.clock() + self.live.body_timeout)
 
     def body_read(self, conn: Connection) -> None:
         self.bodies.discard(conn)
 
     def send_stalled(self, conn: Connection) -> None:
-        self.sending.add(conn, self.clock() + self.settings.send_timeout)
+        self.sending.add(conn, self.clock() + self.live.send_timeout)
 
     def send_resumed(self, conn: Connection) -> None:
         self.sending.discard(conn)
 
     def went_idle(self, conn: Connection) -> None:
-        self.idle.add(conn, self.clock() + self.settings.timeout_keep_alive)
+        self.idle.add(conn, self.clock() + self.live.timeout_keep_alive)
         if not self._accepting and not self.stopping:
             self._resume_accepting()
 
@@ -290,7 +293,7 @@ class ProxyCore(Core):
     def _accept(self) -> None:
         listener = self.listener
         assert listener is not None
-        cap = self.settings.max_connections
+        cap = self.live.max_connections
         for _ in range(ACCEPT_BATCH):
             if cap is not None and len(self.connections) + self._handshaking >= cap:
                 queue = kernel.listen_queue(listener)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from asgi_sidecar.exchanges import Exchange
     from asgi_sidecar.framing import ResponseHead
-    from asgi_sidecar.settings import SidecarSettings
+    from asgi_sidecar.livesettings import LiveSettings
     from asgi_sidecar.tracking import Deadlines
 
 log = logging.getLogger("asgi_sidecar.upstream")
@@ -48,7 +48,7 @@ class Pool:
 
     loop: asyncio.AbstractEventLoop
     clock: Callable[[], float]  # the loop's time
-    settings: SidecarSettings
+    live: LiveSettings
     awaiting: Deadlines[Exchange]  # requests sent whose response head has not come
 
     def acquire(self, ex: Exchange) -> None:
@@ -225,7 +225,7 @@ class UpstreamConnection(asyncio.Protocol, UpstreamEnd):
         if client.write_paused:
             self.pause_reading()
         pool = self.pool
-        pool.awaiting.add(ex, pool.clock() + pool.settings.upstream_timeout)
+        pool.awaiting.add(ex, pool.clock() + pool.live.upstream_timeout)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httptools
 import pytest
 
 from asgi_sidecar.admitting import Admission
@@ -10,7 +11,14 @@ from asgi_sidecar.refusing import RequestRefusedError
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
 
-GOOD_HEAD = (b"GET", b"/", "1.1", [(b"host", b"example.test")])
+HOST = [(b"host", b"example.test")]
+
+
+def parser_of(raw: bytes) -> httptools.HttpRequestParser:
+    """httptools' parser with the head ``raw`` fed in, as uvicorn's is at the hook."""
+    parser = httptools.HttpRequestParser(object())
+    parser.feed_data(raw)
+    return parser
 
 
 class Clock:
@@ -38,7 +46,7 @@ def test_an_idle_connection_gets_the_keep_alive_deadline_and_a_head_the_header_d
     g.went_idle("b")
     g.request_begins("b", reused=False, idle_since=101.0)
     assert g.heads.pop_expired(102.0) == ["a"]
-    g.head_complete("b", *GOOD_HEAD)
+    g.head_complete("b", parser_of(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n"), b"/", HOST)
     assert len(g.heads) == 0
 
 
@@ -46,7 +54,7 @@ def test_a_complete_head_must_pass_the_proxys_request_rules():
     g, _, _ = guard()
     g.request_begins("a", reused=False, idle_since=100.0)
     with pytest.raises(RequestRefusedError) as refused:
-        g.head_complete("a", b"GET", b"/", "1.1", [])  # HTTP/1.1 without Host
+        g.head_complete("a", parser_of(b"GET / HTTP/1.1\r\n\r\n"), b"/", [])  # no Host
     assert refused.value.status == 400
     assert len(g.heads) == 0  # refused or not, its header deadline is over
 

@@ -1,5 +1,6 @@
 import random
 
+import httptools
 import pytest
 
 from asgi_sidecar import http1
@@ -294,26 +295,88 @@ def test_gateway_errors_say_what_failed():
     assert late.endswith(b"Gateway Timeout\n")
 
 
+class _Checked:
+    """httptools' parser fed a raw head, checked as embedded mode checks it: in
+    on_headers_complete, with the url and fields as uvicorn collects them."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.url = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.refused: http1.RequestRefusedError | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.feed_data(raw)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        try:
+            http1.check_request(self.parser, self.url, self.fields)
+        except http1.RequestRefusedError as exc:
+            self.refused = exc
+
+
 @pytest.mark.parametrize(
-    ("version", "url", "fields", "status"),
+    ("head", "status"),
     [
-        ("1.1", b"/", [], 400),  # HTTP/1.1 without Host
-        ("1.1", b"/a#frag", [(b"host", b"x")], 400),
-        ("1.1", b"/", [(b"host", b"x"), (b"host", b"y")], 400),
-        ("1.1", b"/", [(b"host", b"x"), (b"content_length", b"5")], 400),
-        ("1.1", b"/", [(b"host", b"x"), (b"transfer-encoding", b"gzip, chunked")], 501),
-        ("2.0", b"/", [(b"host", b"x")], 505),
+        (b"GET / HTTP/1.1\r\n", 400),  # HTTP/1.1 without Host
+        (b"GET / HTTP/1.1\r\nConnection: close\r\n", 400),  # the same, not kept alive
+        (b"GET /a#frag HTTP/1.1\r\nHost: x\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\ncontent_length: 5\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n", 501),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n", 505),
+        (b"GET / HTTP/2.0\r\nHost: x\r\nConnection: keep-alive\r\n", 505),
+        (b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n", 400),  # 1.0 framing
     ],
 )
-def test_check_request_applies_the_proxys_rules(version, url, fields, status):
+def test_check_request_applies_the_proxys_rules(head, status):
     """Embedded mode's check refuses what the proxy refuses, with the same status."""
-    with pytest.raises(http1.RequestRefusedError) as refused:
-        http1.check_request(b"GET", url, version, fields)
-    assert refused.value.status == status
+    checked = _Checked(head + b"\r\n")
+    assert checked.refused is not None
+    assert checked.refused.status == status
 
 
-def test_check_request_passes_a_valid_head():
-    fields = [(b"host", b"example.com:8080"), (b"x-custom_name", b"1"), (b"accept", b"*/*")]
-    http1.check_request(b"GET", b"/path?q=1", "1.1", fields)
-    http1.check_request(b"OPTIONS", b"*", "1.1", fields[:1])
-    http1.check_request(b"GET", b"/", "1.0", [])  # HTTP/1.0 may omit Host
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /path?q=1 HTTP/1.1\r\nHost: example.com:8080\r\nx-custom_name: 1\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: example.com\r\n",
+        b"GET / HTTP/1.0\r\n",  # HTTP/1.0 may omit Host
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n",  # kept alive, still 1.0
+    ],
+)
+def test_check_request_passes_a_valid_head(head):
+    assert _Checked(head + b"\r\n").refused is None
+
+
+def test_llhttp_keeps_only_http_1_1_alive_without_a_connection_field():
+    """The premise of ``request_version``: of every version llhttp takes, a request with
+    no Connection field is kept alive for HTTP/1.1 alone."""
+    taken: dict[str, bool] = {}
+    for major in range(10):
+        for minor in range(10):
+            try:
+                checked = _Checked(f"GET / HTTP/{major}.{minor}\r\nHost: x\r\n\r\n".encode())
+            except httptools.HttpParserError:
+                continue  # a version llhttp refuses
+            taken[checked.parser.get_http_version()] = checked.parser.should_keep_alive()
+    assert taken == {"0.9": False, "1.0": False, "1.1": True, "2.0": False}
+
+
+def test_request_version_asks_the_parser_unless_the_answer_is_known():
+    for raw, version in [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "1.1"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "1.1"),
+        (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "1.0"),
+        (b"GET / HTTP/1.0\r\n\r\n", "1.0"),
+    ]:
+        checked = _Checked(raw)
+        head = http1.RequestHead()
+        for name, value in checked.fields:
+            head.add_header(name, value)
+        parser = checked.parser
+        assert http1.request_version(parser, parser.should_keep_alive(), head) == version
