@@ -189,9 +189,15 @@ class Core:
         raise NotImplementedError
 
     def reading_head(self, conn: Connection, was_idle: bool) -> None:
+        """A request head begins on ``conn`` (``was_idle``: nothing was in progress)."""
+        raise NotImplementedError
+
+    def head_pending(self, conn: Connection) -> None:
+        """A read ended inside a request head: the header timeout runs from now."""
         raise NotImplementedError
 
     def head_read(self, conn: Connection) -> None:
+        """The head ``head_pending`` reported is complete (or given up)."""
         raise NotImplementedError
 
     def reading_body(self, conn: Connection) -> None:

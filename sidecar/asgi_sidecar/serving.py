@@ -230,6 +230,8 @@ class ProxyCore(Core):
     def reading_head(self, conn: Connection, was_idle: bool) -> None:
         if was_idle:
             self.idle.discard(conn)
+
+    def head_pending(self, conn: Connection) -> None:
         self.heads.add(conn, self.clock() + self.live.header_timeout)
 
     def head_read(self, conn: Connection) -> None:
