@@ -50,7 +50,7 @@ from asgi_sidecar.metrics import Gauges
 from asgi_sidecar.refusing import input_refusal
 from asgi_sidecar.running import run
 from asgi_sidecar.settings import SidecarSettings
-from asgi_sidecar.stats import Stats
+from asgi_sidecar.stats import Stats, count
 from asgi_sidecar.tracking import SWEEP_INTERVAL
 
 log = logging.getLogger("asgi_sidecar")
@@ -257,7 +257,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if cap is not None and len(state.connections) >= cap:
             victim = state.idle.pop_oldest()
             if victim is None:
-                state.stats.rejected["max_connections"] += 1
+                count(state.stats.rejected, "max_connections")
                 self._close_reason = "max_connections"
                 transport.close()
                 return
@@ -312,15 +312,15 @@ class GuardedProtocol(HttpToolsProtocol):
             in_body = cycle is not None and cycle.scope is self.scope
             status, reason = input_refusal(exc, in_body=in_body)
             stats = self.state.stats
-            stats.rejected[reason] += 1
-            stats.requests[status] += 1
+            count(stats.rejected, reason)
+            count(stats.requests, status)
             self._close_reason = "server_closed"
             if not (in_body and cycle.response_started):
                 self.transport.write(http1.refusal(status))
             self.transport.close()  # a response had started: closing is all that is left
 
     def header_timed_out(self) -> None:
-        self.state.stats.rejected["header_timeout"] += 1
+        count(self.state.stats.rejected, "header_timeout")
         self._close_reason = "header_timeout"
         if not self.transport.is_closing():
             self.transport.write(http1.REQUEST_TIMEOUT)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from asgi_sidecar import http1
 from asgi_sidecar.admitting import QUEUED
 from asgi_sidecar.livesettings import LiveSettings
+from asgi_sidecar.stats import count
 from asgi_sidecar.tracking import Deadlines
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ class Guard(Generic[C, W]):
     def closed(self, conn: C, reason: str) -> None:
         self.idle.discard(conn)
         self.heads.discard(conn)
-        self.stats.connections_closed[reason] += 1
+        count(self.stats.connections_closed, reason)
 
     def admitted(self, queued_at: float) -> float:
         """An admitted request starts (``queued_at`` negative if it never waited): returns
@@ -103,7 +104,7 @@ class Guard(Generic[C, W]):
 
     def answered(self, status: int, started: float) -> None:
         """An admitted request's response ended with ``status``: count it, free its slot."""
-        self.stats.requests[status] += 1
+        count(self.stats.requests, status)
         self.admission.finished(self.clock() - started)
 
 
@@ -148,8 +149,8 @@ class AdmissionMiddleware:
 
     async def _reject(self, send: Send, reason: str) -> None:
         stats = self.guard.stats
-        stats.rejected[reason] += 1
-        stats.requests[503] += 1
+        count(stats.rejected, reason)
+        count(stats.requests, 503)
         headers = http1.rejection_fields(self.guard.settings.retry_after)
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": http1.REJECTION_BODY})

@@ -15,6 +15,7 @@ from asgi_sidecar import http1
 from asgi_sidecar.admitting import QUEUED
 from asgi_sidecar.exchanges import PAUSE_BODY, PAUSE_PIPELINE, PAUSE_UPSTREAM, ClientEnd, Exchange
 from asgi_sidecar.reading import PIPELINE_LIMIT, RequestReader
+from asgi_sidecar.stats import count
 
 if TYPE_CHECKING:
     from asgi_sidecar.exchanges import UpstreamEnd
@@ -77,7 +78,7 @@ class FrontConnection(RequestReader, ClientEnd):
         self.current = ex
         if ex.error is not None:
             status, reason = ex.error
-            self.stats.rejected[reason] += 1
+            count(self.stats.rejected, reason)
             ex.keep_alive = False
             self._answer(ex, http1.refusal(status))
             return
@@ -105,7 +106,7 @@ class FrontConnection(RequestReader, ClientEnd):
         self.core.forward(ex)
 
     def reject(self, ex: Exchange, reason: str) -> None:
-        self.stats.rejected[reason] += 1
+        count(self.stats.rejected, reason)
         ex.rejected = True
         ex.status = 503
         if ex.body_done or ex is not self.parsing:
@@ -135,7 +136,7 @@ class FrontConnection(RequestReader, ClientEnd):
             return
         self._abandon(ex, "")  # frees its slot and aborts the upstream request
         ex.status = status
-        self.stats.requests[status] += 1
+        count(self.stats.requests, status)
         self.current = None
         assert self.transport is not None
         self.transport.write(http1.refusal(status))
@@ -183,7 +184,7 @@ class FrontConnection(RequestReader, ClientEnd):
         """A 101 Switching Protocols arrived: relay raw bytes both ways from now on."""
         self.admission.release()
         ex.finished = True
-        self.stats.requests[101] += 1
+        count(self.stats.requests, 101)
         self.current = None
         self.tunnel = upstream
         rest, self.upgrade_rest = self.upgrade_rest, b""
@@ -197,7 +198,7 @@ class FrontConnection(RequestReader, ClientEnd):
 
     def upstream_failed(self, ex: Exchange, status: int, reason: str) -> None:
         """The upstream could not give a response: 502/504, or abort if one had started."""
-        self.stats.upstream_errors[reason] += 1
+        count(self.stats.upstream_errors, reason)
         if ex.finished or self.closed:
             return
         if ex.response_started:
@@ -225,7 +226,7 @@ class FrontConnection(RequestReader, ClientEnd):
         if ex.finished:
             return
         ex.finished = True
-        self.stats.requests[ex.status] += 1
+        count(self.stats.requests, ex.status)
         if ex.admitted:
             self.admission.finished(monotonic() - ex.started_at)
         if ex.upstream is not None and ex.upstream.exchange is ex:
@@ -264,4 +265,4 @@ class FrontConnection(RequestReader, ClientEnd):
         if ex.admitted:
             self.admission.release()
         if self.core.withdraw(ex) and reason:
-            self.stats.upstream_errors[reason] += 1
+            count(self.stats.upstream_errors, reason)

@@ -20,6 +20,7 @@ from asgi_sidecar import http1
 from asgi_sidecar.exchanges import PAUSE_BODY, PAUSE_PIPELINE, Connection
 from asgi_sidecar.framing import LAST_CHUNK, frame_chunk
 from asgi_sidecar.refusing import HeaderTooLargeError, input_refusal
+from asgi_sidecar.stats import count
 
 if TYPE_CHECKING:
     from asgi_sidecar.exchanges import Core, Exchange, UpstreamEnd
@@ -295,7 +296,7 @@ class RequestReader(asyncio.Protocol, Connection):
             self.pause_reading(PAUSE_PIPELINE)
         else:
             # The current request went bad mid-body, perhaps after its head went upstream.
-            self.stats.rejected[reason] += 1
+            count(self.stats.rejected, reason)
             self._refuse_current(ex, status, reason)
 
     def close(self, reason: str) -> None:
@@ -336,7 +337,7 @@ class RequestReader(asyncio.Protocol, Connection):
         """Slow client: 408 and close."""
         self.parsing = None
         self.in_head = self.head_timed = False
-        self.stats.rejected["header_timeout"] += 1
+        count(self.stats.rejected, "header_timeout")
         if self.current is None and not self.pending and self.transport is not None:
             self.transport.write(http1.REQUEST_TIMEOUT)
         self.close("header_timeout")
@@ -346,7 +347,7 @@ class RequestReader(asyncio.Protocol, Connection):
         if self.paused:
             self.core.reading_body(self)  # the sidecar stopped reading, not the client
             return
-        self.stats.rejected["body_timeout"] += 1
+        count(self.stats.rejected, "body_timeout")
         ex = self.parsing
         if ex is not None and ex is self.current and self.transport is not None:
             self.transport.write(http1.REQUEST_TIMEOUT)

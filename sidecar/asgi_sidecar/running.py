@@ -23,7 +23,7 @@ from asgi_sidecar.admin import AdminServer
 from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
 from asgi_sidecar.reloading import ConfigWatcher
 from asgi_sidecar.settings import SidecarSettings
-from asgi_sidecar.stats import Stats
+from asgi_sidecar.stats import Stats, count
 
 log = logging.getLogger("asgi_sidecar")
 
@@ -139,7 +139,7 @@ async def run(
             environ or {},
             flags or {},
             lambda new: apply_reloaded(server, new),
-            lambda result: server.stats.config_reloads.update([result]),
+            lambda result: count(server.stats.config_reloads, result),
         )
         tasks.append(loop.create_task(watcher.run()))
     hurry = asyncio.Event()

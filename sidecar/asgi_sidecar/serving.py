@@ -24,7 +24,7 @@ from asgi_sidecar.livesettings import LiveSettings
 from asgi_sidecar.pooling import UpstreamPool
 from asgi_sidecar.proxying import FrontConnection
 from asgi_sidecar.running import run
-from asgi_sidecar.stats import Stats
+from asgi_sidecar.stats import Stats, count
 from asgi_sidecar.tracking import SWEEP_INTERVAL, Deadlines
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ class ProxyCore(Core):
         self._check_all_closed()
 
     def closed(self, conn: Connection, reason: str) -> None:
-        self.stats.connections_closed[reason] += 1
+        count(self.stats.connections_closed, reason)
         self.closing(conn)
 
     def forward(self, ex: Exchange) -> None:

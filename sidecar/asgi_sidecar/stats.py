@@ -8,8 +8,10 @@ time.  Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+K = TypeVar("K")
 
 # Buckets sized for a proxy in front of a web app: sub-millisecond to a minute.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -21,6 +23,13 @@ DURATION_BUCKETS: tuple[float, ...] = (
 IDLE_GAP_BUCKETS: tuple[float, ...] = (
     0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
+
+
+def count(counts: dict[K, int], key: K) -> None:
+    """``counts[key] += 1`` on a plain dict.  The counters are dicts, not ``Counter``s:
+    ``Counter`` defines ``__delitem__`` in Python, which makes every item assignment a
+    Python-level slot call (about 1,000 instructions per request, compiled or not)."""
+    counts[key] = counts.get(key, 0) + 1
 
 
 class Histogram:
@@ -65,13 +74,13 @@ class Stats:
     """Everything the sidecar counts.  Gauges are read from live state at scrape time."""
 
     connections_opened: int = 0
-    connections_closed: Counter[str] = field(default_factory=Counter)
-    requests: Counter[int] = field(default_factory=Counter)
-    rejected: Counter[str] = field(default_factory=Counter)
-    upstream_errors: Counter[str] = field(default_factory=Counter)
+    connections_closed: dict[str, int] = field(default_factory=dict)
+    requests: dict[int, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    upstream_errors: dict[str, int] = field(default_factory=dict)
     keepalive_reused: int = 0
     accept_queue_full_seconds: float = 0.0
-    config_reloads: Counter[str] = field(default_factory=Counter)
+    config_reloads: dict[str, int] = field(default_factory=dict)
     request_duration: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
     queue_wait: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
     idle_gap: Histogram = field(default_factory=lambda: Histogram(IDLE_GAP_BUCKETS))

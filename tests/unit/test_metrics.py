@@ -43,8 +43,8 @@ def sample(text: str, key: str) -> float:
 
 def test_stats_become_prometheus_samples():
     stats = Stats()
-    stats.requests[200] += 3
-    stats.rejected["concurrency_limit"] += 2
+    stats.requests[200] = stats.requests.get(200, 0) + 3
+    stats.rejected["concurrency_limit"] = stats.rejected.get("concurrency_limit", 0) + 2
     stats.idle_gap.observe(61.0)
     stats.request_duration.observe(0.002)
     text = scrape(stats)

@@ -23,11 +23,11 @@ def text(stats: Stats, gauges: Gauges = GAUGES) -> str:
 
 def test_parse_reads_the_sidecar_exposition():
     stats = Stats()
-    stats.requests[200] += 90
-    stats.requests[503] += 10
-    stats.rejected["concurrency_limit"] += 10
-    stats.rejected["bad_request"] += 3  # not a 503 rejection
-    stats.connections_closed["idle_timeout"] += 4
+    stats.requests[200] = stats.requests.get(200, 0) + 90
+    stats.requests[503] = stats.requests.get(503, 0) + 10
+    stats.rejected["concurrency_limit"] = stats.rejected.get("concurrency_limit", 0) + 10
+    stats.rejected["bad_request"] = stats.rejected.get("bad_request", 0) + 3  # not a 503 rejection
+    stats.connections_closed["idle_timeout"] = stats.connections_closed.get("idle_timeout", 0) + 4
     for _ in range(90):
         stats.request_duration.observe(0.02)
     snap = parse_metrics(text(stats), at=1.0)
@@ -51,9 +51,9 @@ def test_observe_computes_per_pod_rates_and_latency():
         before[pod] = parse_metrics(text(stats, idle_gauge), at=0.0)
         for _ in range(300):  # 10 admitted requests/s over 30 s, 20 ms each
             stats.request_duration.observe(0.02)
-            stats.requests[200] += 1
-        stats.requests[503] += 100
-        stats.rejected["queue_full"] += 100
+            stats.requests[200] = stats.requests.get(200, 0) + 1
+        stats.requests[503] = stats.requests.get(503, 0) + 100
+        stats.rejected["queue_full"] = stats.rejected.get("queue_full", 0) + 100
         after[pod] = parse_metrics(text(stats, idle_gauge), at=30.0)
     o = observe(before, after)
     assert o.pods == 2
@@ -71,7 +71,7 @@ def test_observe_computes_per_pod_rates_and_latency():
 def test_restarted_or_missing_pods_make_the_observation_stale():
     old = parse_metrics(text(Stats()), at=0.0)
     busy = Stats()
-    busy.requests[200] += 5
+    busy.requests[200] = busy.requests.get(200, 0) + 5
     new = parse_metrics(text(busy), at=30.0)
     assert observe({"a": new}, {"a": replace(old, at=60.0)}).stale  # counters went down
     assert observe({}, {"a": new}).stale  # no earlier round
