@@ -63,6 +63,21 @@ def upstream_authority(url: str) -> bytes:
 # -- requests -------------------------------------------------------------------------------
 
 
+_SP: Final = ord(" ")
+_HTAB: Final = ord("\t")
+
+
+def _without_ows(value: bytes) -> bytes:
+    """``value`` without the spaces and tabs around it (RFC 9110 5.5), calling
+    ``bytes.strip`` (a generic method call when compiled) only when there are some."""
+    if not value:
+        return value
+    first, last = value[0], value[-1]
+    if first not in (_SP, _HTAB) and last not in (_SP, _HTAB):  # mypyc: two comparisons each
+        return value
+    return value.strip(b" \t")
+
+
 class RequestHead:
     """A request head as httptools reports it, rewritten for the upstream.
 
@@ -114,7 +129,7 @@ class RequestHead:
             return True
         if lname == b"host":
             self.hosts += 1
-            if not valid_authority(value.strip(b" \t")):
+            if not valid_authority(_without_ows(value)):
                 self.host_bad = True
             return True
         if lname == b"transfer-encoding":

@@ -275,19 +275,20 @@ class UpstreamConnection(asyncio.Protocol, UpstreamEnd):
         client = ex.client
         rest = b""
         while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
+            # partition, not find and two slices: bytes.find takes its arguments as a
+            # tuple (METH_VARARGS), one allocation more per response.
+            raw, end, rest = buffer.partition(b"\r\n\r\n")
+            if not end:
                 if len(buffer) > MAX_RESPONSE_HEAD:
                     self._broken(ex, "response head too large")
                 else:
                     self.buffer = buffer
                 return None
             try:
-                head = read_response_head(buffer[:end])
+                head = read_response_head(raw)
             except ProtocolError as exc:
                 self._broken(ex, str(exc))
                 return None
-            rest = buffer[end + 4 :]
             if head.status == 101:
                 if not ex.upgrade:
                     self._broken(ex, "101 Switching Protocols to a request without Upgrade")

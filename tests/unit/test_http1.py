@@ -380,3 +380,14 @@ def test_request_version_asks_the_parser_unless_the_answer_is_known():
             head.add_header(name, value)
         parser = checked.parser
         assert http1.request_version(parser, parser.should_keep_alive(), head) == version
+
+
+@pytest.mark.parametrize(
+    ("value", "bad"),
+    [(b"example.com", False), (b" example.com\t", False), (b"\texample.com ", False),
+     (b"exa mple.com", True), (b"", True), (b" ", True)],
+)  # fmt: skip
+def test_a_host_value_is_judged_without_the_whitespace_around_it(value, bad):
+    head = http1.RequestHead()
+    head.add_header(b"Host", value)
+    assert (head.hosts, head.host_bad) == (1, bad)
