@@ -33,7 +33,7 @@ def count(counts: dict[K, int], key: K) -> None:
 
 
 class Histogram:
-    """Cumulative-on-read histogram: one binary search and two additions per observation."""
+    """Cumulative-on-read histogram: a short scan and two additions per observation."""
 
     __slots__ = ("bounds", "counts", "sum")
 
@@ -43,16 +43,15 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        # bisect_left by hand: compiled, a loop over unboxed floats beats a call to bisect.
-        bounds = self.bounds
-        lo, hi = 0, len(bounds)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if bounds[mid] < value:
-                lo = mid + 1
-            else:
-                hi = mid
-        self.counts[lo] += 1
+        # A scan up from the smallest bound, not a binary search: what is observed is
+        # mostly in the first buckets (sub-millisecond proxying, idle gaps under 0.1 s),
+        # where the scan stops after a comparison or two; a search always takes four.
+        index = 0
+        for bound in self.bounds:
+            if value <= bound:
+                break
+            index += 1
+        self.counts[index] += 1
         self.sum += value
 
     @property

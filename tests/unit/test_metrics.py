@@ -5,7 +5,7 @@ from prometheus_client.exposition import generate_latest
 
 from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
 from asgi_sidecar.settings import SidecarSettings
-from asgi_sidecar.stats import Stats
+from asgi_sidecar.stats import Histogram, Stats
 from tests.support.metrics import samples
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -92,3 +92,12 @@ def test_adaptive_gauges_are_exported_and_documented():
     readme = README.read_text()
     for name in ("asgi_adaptive_limit", "asgi_adaptive_baseline_seconds"):
         assert f"`{name}`" in readme
+
+
+def test_a_histogram_counts_each_value_in_the_first_bucket_whose_bound_it_does_not_exceed():
+    histogram = Histogram((0.1, 1.0, 10.0))
+    for value in (0.0, 0.1, 0.10001, 1.0, 9.99, 10.0, 10.5, 1e9):
+        histogram.observe(value)
+    assert histogram.counts == [2, 2, 2, 2]  # the last bucket is +Inf
+    assert histogram.cumulative() == [(0.1, 2), (1.0, 4), (10.0, 6), (float("inf"), 8)]
+    assert histogram.count == 8
