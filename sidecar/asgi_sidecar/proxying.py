@@ -8,13 +8,12 @@ The connection reaches the rest of the proxy only through ``exchanges.Core``.
 
 from __future__ import annotations
 
-from time import monotonic
 from typing import TYPE_CHECKING
 
 from asgi_sidecar import http1
 from asgi_sidecar.admitting import QUEUED
 from asgi_sidecar.exchanges import PAUSE_BODY, PAUSE_PIPELINE, PAUSE_UPSTREAM, ClientEnd, Exchange
-from asgi_sidecar.reading import PIPELINE_LIMIT, RequestReader
+from asgi_sidecar.reading import PIPELINE_LIMIT, RequestReader, monotonic
 from asgi_sidecar.stats import count
 
 if TYPE_CHECKING:
@@ -227,8 +226,9 @@ class FrontConnection(RequestReader, ClientEnd):
             return
         ex.finished = True
         count(self.stats.requests, ex.status)
+        now = monotonic()  # one clock read for the duration and the idle time
         if ex.admitted:
-            self.admission.finished(monotonic() - ex.started_at)
+            self.admission.finished(now - ex.started_at)
         if ex.upstream is not None and ex.upstream.exchange is ex:
             ex.upstream.detach_client()
         if self.current is ex:
@@ -250,7 +250,7 @@ class FrontConnection(RequestReader, ClientEnd):
                 self.resume_reading(PAUSE_PIPELINE)
             self._start(self.pending.pop(0))
         elif self.parsing is None:
-            self.idle_since = monotonic()
+            self.idle_since = now
             self.core.went_idle(self)
         if self.paused & PAUSE_BODY and self.parsing is not None and self.parsing.streaming:
             self.resume_reading(PAUSE_BODY)
