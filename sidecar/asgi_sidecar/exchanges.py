@@ -69,6 +69,8 @@ class Exchange(RequestHead):
 
     def upstream_bytes(self) -> bytes:
         """Head plus any body buffered so far, framed for the upstream."""
+        if not self.body_parts and not self.chunked:
+            return self.head_bytes  # most requests: no list, no join
         parts = [self.head_bytes]
         for part in self.body_parts:
             parts.append(frame_chunk(part) if self.chunked else part)

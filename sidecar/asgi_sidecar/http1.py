@@ -109,7 +109,9 @@ class RequestHead:
 
     def __init__(self) -> None:
         self.head: list[bytes] = []
-        self.conn_tokens: list[bytes] = []
+        # The Connection tokens, once a Connection field came (most requests have none:
+        # no list is made for them).
+        self.conn_tokens: list[bytes] | None = None
 
     def add_header(self, name: bytes, value: bytes) -> None:
         self.head_size += len(name) + len(value) + 4
@@ -141,7 +143,11 @@ class RequestHead:
             self.te_last = value.rsplit(b",", 1)[-1].strip().lower()
             self.chunked = self.has_body = True
         elif lname == b"connection":
-            self.conn_tokens.extend(t.strip().lower() for t in value.split(b","))
+            tokens = [t.strip().lower() for t in value.split(b",")]
+            if self.conn_tokens is None:
+                self.conn_tokens = tokens
+            else:
+                self.conn_tokens.extend(tokens)
         elif lname == b"upgrade":
             self.upgrade = value
         elif lname == b"x-forwarded-for":
@@ -214,9 +220,10 @@ class RequestHead:
         if self.chunked and self.te_last != b"chunked":
             raise BadTransferEncodingError  # llhttp refuses it too, but only after this call
         head = self.head
-        if self.conn_tokens:
+        conn_tokens = self.conn_tokens
+        if conn_tokens:
             # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-            listed = {t for t in self.conn_tokens if t not in _NEVER_DROPPED}
+            listed = {t for t in conn_tokens if t not in _NEVER_DROPPED}
             if listed:
                 head = [line for line in head if line.split(b":", 1)[0].lower() not in listed]
         xff = self.xff
@@ -224,7 +231,7 @@ class RequestHead:
         head.append(b"\r\n" if self.proto_seen else b"\r\nx-forwarded-proto: http\r\n")
         if self.chunked:
             head.append(b"transfer-encoding: chunked\r\n")
-        if self.upgrade and b"upgrade" in self.conn_tokens:
+        if self.upgrade and conn_tokens and b"upgrade" in conn_tokens:
             head.append(b"connection: upgrade\r\nupgrade: " + self.upgrade + b"\r\n")
         else:
             self.upgrade = b""
@@ -242,7 +249,7 @@ def request_version(parser: Any, keep_alive: bool, head: RequestHead) -> str:
     ``should_keep_alive()``.  tests/unit/test_http1.py checks the premise against the
     httptools installed.
     """
-    if keep_alive and not head.conn_tokens:
+    if keep_alive and head.conn_tokens is None:
         return "1.1"
     return str(parser.get_http_version())
 
