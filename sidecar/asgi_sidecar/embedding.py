@@ -33,7 +33,7 @@ import importlib
 import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from time import monotonic
 from typing import Any, Final
@@ -44,7 +44,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from asgi_sidecar import http1
 from asgi_sidecar.admitting import Admission
-from asgi_sidecar.guarding import AdmissionMiddleware, Guard
+from asgi_sidecar.guarding import AdmissionMiddleware, ASGIApp, Guard
 from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
 from asgi_sidecar.metrics import Gauges
 from asgi_sidecar.refusing import input_refusal
@@ -54,12 +54,6 @@ from asgi_sidecar.stats import Stats, count
 from asgi_sidecar.tracking import SWEEP_INTERVAL
 
 log = logging.getLogger("asgi_sidecar")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _wake(waiter: asyncio.Future[None]) -> bool:
@@ -237,10 +231,9 @@ class GuardedProtocol(HttpToolsProtocol):
     closing the connection).
 
     Nothing here adds a timer per request or per connection: the idle and header
-    deadlines live in the ``guarding.Guard`` (compiled, one call per hook), swept
-    every 0.1 s, so uvicorn's
-    keep-alive timer is never armed (``on_response_complete``), and a fractional
-    ``timeout_keep_alive`` is honoured to within the sweep.
+    deadlines live in the ``guarding.Guard`` (compiled, one call per hook), swept every
+    0.1 s, so uvicorn's keep-alive timer is never armed (``on_response_complete``), and
+    a fractional ``timeout_keep_alive`` is honoured to within the sweep.
     """
 
     state: EmbeddedServer  # both set on the subclass made per process
@@ -296,9 +289,8 @@ class GuardedProtocol(HttpToolsProtocol):
                 cycle.__class__ = CloseDelimitedCycle
 
     def data_received(self, data: bytes) -> None:
-        # uvicorn's, but with the proxy's statuses and reasons for what the parser refused.
-        if self.timeout_keep_alive_task is not None:  # never armed here: kept for safety
-            self._unset_keepalive_if_required()
+        # uvicorn's, but with the proxy's statuses and reasons for what the parser refused
+        # (and no keep-alive timer to cancel: this class never arms one).
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:

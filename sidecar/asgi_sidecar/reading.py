@@ -198,9 +198,7 @@ class RequestReader(asyncio.Protocol, Connection):
         assert ex is not None
         core = self.core
         self.in_head = False
-        if self.head_timed:
-            self.head_timed = False
-            core.head_read(self)
+        self._end_head_deadline()
         parser = self.parser
         ex.method = parser.get_method()
         ex.keep_alive = keep_alive = parser.should_keep_alive()
@@ -281,14 +279,19 @@ class RequestReader(asyncio.Protocol, Connection):
         if self.paused & PAUSE_BODY:
             self.resume_reading(PAUSE_BODY)
 
+    def _end_head_deadline(self) -> None:
+        """The head being read is complete or given up: its header deadline, if it got
+        one (``head_pending``), ends."""
+        if self.head_timed:
+            self.head_timed = False
+            self.core.head_read(self)
+
     def _protocol_error(self, status: int, reason: str) -> None:
         """Malformed input: answer in order (after earlier pipelined requests), then close."""
         ex = self.parsing or self._new_exchange()
         self.parsing = None
         self.in_head = False
-        if self.head_timed:
-            self.head_timed = False
-            self.core.head_read(self)
+        self._end_head_deadline()
         ex.error = (status, reason)
         ex.body_done = True
         ex.finished = False

@@ -277,8 +277,8 @@ class UpstreamConnection(asyncio.Protocol, UpstreamEnd):
         while True:
             # partition, not find and two slices: bytes.find takes its arguments as a
             # tuple (METH_VARARGS), one allocation more per response.
-            raw, end, rest = buffer.partition(b"\r\n\r\n")
-            if not end:
+            raw, blank_line, rest = buffer.partition(b"\r\n\r\n")
+            if not blank_line:
                 if len(buffer) > MAX_RESPONSE_HEAD:
                     self._broken(ex, "response head too large")
                 else:
