@@ -35,6 +35,7 @@ COMPILED: Final = (
     "limiting",
     "listening",
     "livesettings",
+    "memo",
     "pooling",
     "proxying",
     "reading",

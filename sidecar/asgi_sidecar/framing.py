@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from asgi_sidecar.memo import Memo
+
 # Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1).
 HOP_BY_HOP: Final = frozenset(
     {
@@ -47,7 +49,16 @@ class ProtocolError(Exception):
 class ResponseHead:
     """An upstream response head, parsed: what the proxy needs to frame and forward it."""
 
-    __slots__ = ("chunked", "close", "content_length", "headers", "status", "status_line")
+    __slots__ = (
+        "chunked",
+        "close",
+        "content_length",
+        "headers",
+        "kept_end",
+        "kept_head",
+        "status",
+        "status_line",
+    )
 
     def __init__(
         self,
@@ -64,6 +75,9 @@ class ResponseHead:
         self.content_length = content_length
         self.chunked = chunked
         self.close = close  # this upstream connection must not carry another request
+        # http1.client_head's head for a kept-alive client, and the end it was made with.
+        self.kept_end: bytes | None = None
+        self.kept_head = b""
 
     def __repr__(self) -> str:
         return f"ResponseHead({self.status_line!r}, {self.headers!r})"
@@ -71,9 +85,8 @@ class ResponseHead:
 
 # Field names already found to be tokens, each with its lower-case form: apps and clients
 # send the same few names every time, so each is checked (and lowered) once, not per
-# message.  Bounded: emptied when full, so no upstream can make it grow.
-_FIELD_NAMES: Final[dict[bytes, bytes]] = {}
-_FIELD_NAMES_MAX: Final = 1024
+# message.  No last hit in front: the names vary within a message.
+_FIELD_NAMES: Final[Memo[bytes]] = Memo(1024, 256, front=False)
 # Fields the parser acts on; every other line is forwarded as it came.
 _FRAMING_FIELDS: Final = HOP_BY_HOP | {b"content-length"}
 
@@ -88,10 +101,8 @@ def lower_name(name: bytes) -> bytes | None:
     if lname is None:
         if not _is_token(name):
             return None
-        if len(_FIELD_NAMES) >= _FIELD_NAMES_MAX:
-            _FIELD_NAMES.clear()
         lname = name.lower()
-        _FIELD_NAMES[name] = lname
+        _FIELD_NAMES.put(name, lname)
     return lname
 
 
@@ -111,11 +122,9 @@ def _content_length(value: bytes) -> int:
 
 # Heads parsed lately, by their bytes: an app answers an endpoint with the same head, byte
 # for byte, until its Date changes (once a second), so most heads are parsed once and then
-# found here.  A ResponseHead is never changed after parsing, so one can be shared.
-# Bounded in entries and in size: emptied when full, and long heads are not kept.
-_HEADS: Final[dict[bytes, ResponseHead]] = {}
-_HEADS_MAX: Final = 256
-_HEAD_CACHED_LENGTH: Final = 2048
+# found here (and, answered back to back, in the memo's front).  A ResponseHead is never
+# changed after parsing but for the client head it caches, so one can be shared.
+_HEADS: Final[Memo[ResponseHead]] = Memo(256, 2048, front=True)
 
 
 def read_response_head(head: bytes) -> ResponseHead:
@@ -123,10 +132,7 @@ def read_response_head(head: bytes) -> ResponseHead:
     found = _HEADS.get(head)
     if found is None:
         found = parse_response_head(head)
-        if len(head) <= _HEAD_CACHED_LENGTH:
-            if len(_HEADS) >= _HEADS_MAX:
-                _HEADS.clear()
-            _HEADS[head] = found
+        _HEADS.put(head, found)
     return found
 
 

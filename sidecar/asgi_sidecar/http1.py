@@ -293,6 +293,13 @@ def client_head(
             end = b"connection: upgrade\r\nupgrade: " + upgrade + b"\r\n\r\n"
             return head.status_line + b"\r\n" + head.headers + end, keep_alive
         return head.status_line + b"\r\n" + head.headers + b"\r\n", keep_alive
+    if keep_alive and keep_alive_end is not None and head.content_length is not None:
+        # Framed by its length, kept alive: the same bytes every time for this head (one
+        # ResponseHead serves every answer alike, from framing's memo), so made once.
+        if head.kept_end is not keep_alive_end:
+            head.kept_head = b"".join((head.status_line, b"\r\n", head.headers, keep_alive_end))
+            head.kept_end = keep_alive_end
+        return head.kept_head, True
     parts = [head.status_line, b"\r\n", head.headers]
     if head.chunked:
         if decode_chunks:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import string
 from typing import Final
 
+from asgi_sidecar.memo import Memo
+
 # uri-host (RFC 3986 3.2.2): reg-name is unreserved, pct-encoded and sub-delims; an
 # IP-literal in brackets is hex digits, colons and dots (IPvFuture: "v" and the rest).
 _SUB_DELIMS: Final = "!$&'()*+,;="
@@ -55,10 +57,9 @@ class RequestLineTooLongError(RequestRefusedError):
 
 
 # Authorities already checked, and what was found: nearly every request carries one of a
-# few Host values.  Bounded in entries and in length, so no client can make it grow.
-_AUTHORITIES: Final[dict[bytes, bool]] = {}
-_AUTHORITIES_MAX: Final = 1024
-_AUTHORITY_CACHED_LENGTH: Final = 255  # a DNS name (253) and a little more
+# few Host values, most often the one the last request had.  Keys up to a DNS name (253)
+# and a little more.
+_AUTHORITIES: Final[Memo[bool]] = Memo(1024, 255, front=True)
 
 
 def valid_authority(value: bytes) -> bool:
@@ -67,10 +68,7 @@ def valid_authority(value: bytes) -> bool:
     if known is not None:
         return known
     known = _check_authority(value)
-    if len(value) <= _AUTHORITY_CACHED_LENGTH:
-        if len(_AUTHORITIES) >= _AUTHORITIES_MAX:
-            _AUTHORITIES.clear()
-        _AUTHORITIES[value] = known
+    _AUTHORITIES.put(value, known)
     return known
 
 

@@ -247,6 +247,30 @@ def test_client_head_while_stopping_closes_every_connection():
     assert head.endswith(b"connection: close\r\n\r\n")
 
 
+def test_client_head_is_made_once_per_shared_head_and_follows_a_new_keep_alive_end():
+    shared = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2")
+
+    def head_for(end: bytes | None, keep_alive: bool = True) -> tuple[bytes, bool]:
+        return client_head(
+            shared, method=b"GET", upgrade=b"", keep_alive=keep_alive,
+            decode_chunks=False, keep_alive_end=end,
+        )  # fmt: skip
+
+    first, keep = head_for(KEEP)
+    assert keep
+    assert first == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + KEEP
+    assert head_for(KEEP)[0] is first  # the bytes made for the first answer, again
+    shorter = http1.keep_alive_end(5)
+    assert head_for(shorter) == (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + shorter, True)
+    # A client that will not keep alive, and a draining sidecar, still get a close.
+    assert head_for(shorter, keep_alive=False)[0].endswith(b"connection: close\r\n\r\n")
+    assert head_for(None) == (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\n\r\n",
+        False,
+    )
+    assert head_for(KEEP) == (first, True)
+
+
 def test_client_head_for_interim_and_switching_responses():
     head, keep = forwarded(b"HTTP/1.1 100 Continue")
     assert (head, keep) == (b"HTTP/1.1 100 Continue\r\n\r\n", True)
