@@ -40,6 +40,7 @@ COMPILED: Final = (
     "proxying",
     "reading",
     "refusing",
+    "responding",
     "serving",
     "stats",
     "tracking",

@@ -42,7 +42,7 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from asgi_sidecar import http1
+from asgi_sidecar import responding
 from asgi_sidecar.admitting import Admission
 from asgi_sidecar.guarding import AdmissionMiddleware, ASGIApp, Guard
 from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
@@ -308,14 +308,14 @@ class GuardedProtocol(HttpToolsProtocol):
             count(stats.requests, status)
             self._close_reason = "server_closed"
             if not (in_body and cycle.response_started):
-                self.transport.write(http1.refusal(status))
+                self.transport.write(responding.refusal(status))
             self.transport.close()  # a response had started: closing is all that is left
 
     def header_timed_out(self) -> None:
         count(self.state.stats.rejected, "header_timeout")
         self._close_reason = "header_timeout"
         if not self.transport.is_closing():
-            self.transport.write(http1.REQUEST_TIMEOUT)
+            self.transport.write(responding.REQUEST_TIMEOUT)
             self.transport.close()
 
     def on_response_complete(self) -> None:

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from asgi_sidecar import http1
+from asgi_sidecar import http1, responding
 from asgi_sidecar.admitting import QUEUED
 from asgi_sidecar.livesettings import LiveSettings
 from asgi_sidecar.stats import count
@@ -151,9 +151,9 @@ class AdmissionMiddleware:
         stats = self.guard.stats
         count(stats.rejected, reason)
         count(stats.requests, 503)
-        headers = http1.rejection_fields(self.guard.settings.retry_after)
+        headers = responding.rejection_fields(self.guard.settings.retry_after)
         await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": http1.REJECTION_BODY})
+        await send({"type": "http.response.body", "body": responding.REJECTION_BODY})
 
 
 class CountingSend:

@@ -1,21 +1,18 @@
-"""HTTP/1.1 as the sidecar writes it, as pure functions: rewritten heads, generated responses.
+"""HTTP/1.1 requests as the sidecar forwards them, as pure functions: rewritten heads.
 
 Request heads are parsed by httptools (llhttp, which also refuses
 Content-Length with Transfer-Encoding and duplicate Content-Length, the usual
 request-smuggling vectors); ``RequestHead`` takes its callbacks, applies the
 RFC 9112 rules llhttp leaves to it (``refusing.py`` holds the refusals and the
-syntax checks) and rewrites the head for the upstream, and ``client_head``
-rewrites an upstream response head for the client.  Every response the sidecar
-makes itself (400, 408, 414, 417, 431, 501, 502, 503, 504, 505) is built here and
-nowhere else; ``framing.py`` reads the upstream's responses.
+syntax checks) and rewrites the head for the upstream.  ``responding.py`` writes
+what goes back to the client; ``framing.py`` reads the upstream's responses.
 """
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Any, Final
 
-from asgi_sidecar.framing import HOP_BY_HOP, ResponseHead, lower_name
+from asgi_sidecar.framing import HOP_BY_HOP, lower_name
 from asgi_sidecar.refusing import (
     REQUEST_LINE_END,
     BadTransferEncodingError,
@@ -45,13 +42,6 @@ _HASH: Final = ord("#")
 # Named in Connection, these are still kept: dropping the framing or the Host would
 # desync the upstream.
 _NEVER_DROPPED: Final = (b"close", b"keep-alive", b"upgrade", b"content-length", b"host")
-
-TEXT_PLAIN: Final = "text/plain; charset=utf-8"
-CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-CLOSE_END: Final = b"connection: close\r\n\r\n"  # the end of a head whose connection closes
-REJECTION_BODY: Final = (
-    b"Service Unavailable: the server is at its concurrency limit, retry later\n"
-)
 
 
 def upstream_authority(url: str) -> bytes:
@@ -105,10 +95,14 @@ class RequestHead:
     host_bad = False  # a Host field whose value is not uri-host [":" port]
     te_bad = False  # a coding other than a single, final chunked
     alias_seen = False  # a field named like a framing field with "_" (_FRAMING_ALIASES)
-    keep_lines = True  # False: check the rules only, build no head (``check_request``)
 
-    def __init__(self) -> None:
-        self.head: list[bytes] = []
+    def __init__(self, keep_lines: bool = True) -> None:
+        # The head to forward, as the pieces one join makes it of: four per line, the request
+        # line's (method and target set by ``rewrite``) and then each field's (name, ": ",
+        # value, CRLF).  Pieces, not lines: a list append costs a fraction of a join or a
+        # concatenation per line, and the head is joined once.
+        self.head: list[bytes] = [b"", b" ", b"", b" HTTP/1.1\r\n"] if keep_lines else []
+        self.keep_lines = keep_lines  # False: check the rules only, build no head
         # The Connection tokens, once a Connection field came (most requests have none:
         # no list is made for them).
         self.conn_tokens: list[bytes] | None = None
@@ -122,7 +116,11 @@ class RequestHead:
         elif _UNDERSCORE in lname and lname.replace(b"-", b"_") in _FRAMING_ALIASES:
             self.alias_seen = True
         if self.keep_lines:
-            self.head.append(b"".join((name, b": ", value, b"\r\n")))
+            head = self.head
+            head.append(name)
+            head.append(b": ")
+            head.append(value)
+            head.append(b"\r\n")
 
     def _special(self, lname: bytes, value: bytes) -> bool:
         """Note a field the rules look at; True if it is forwarded as it came."""
@@ -192,7 +190,7 @@ class RequestHead:
         if self.hosts > 1 or self.host_bad or (self.hosts == 0 and version != "1.0"):
             raise RequestRefusedError(400, "bad_host")  # section 3.2
         if self.hosts == 0 and self.keep_lines:
-            self.head.append(b"host: " + upstream_authority(upstream) + b"\r\n")
+            self.head += (b"host", b": ", upstream_authority(upstream), b"\r\n")
 
     def _check_target(self, url: bytes) -> None:
         """Targets other than origin form (section 3.2)."""
@@ -207,9 +205,18 @@ class RequestHead:
             raise RequestRefusedError(400, "bad_target")
         # Absolute form: the authority replaces Host (section 3.2.2), sent in origin form.
         authority, self.url = split
-        self.head = [line for line in self.head if line[:5].lower() != b"host:"]
-        self.head.append(b"host: " + authority + b"\r\n")
+        self._drop_fields({b"host"})
+        self.head += (b"host", b": ", authority, b"\r\n")
         self.hosts = 1
+
+    def _drop_fields(self, lnames: set[bytes]) -> None:
+        """Drop the fields of ``head`` with these lower-case names."""
+        head = self.head
+        kept = head[:4]
+        for i in range(4, len(head), 4):
+            if head[i].lower() not in lnames:
+                kept += head[i : i + 4]
+        self.head = kept
 
     def rewrite(self, peer_ip: bytes, max_header_size: int) -> None:
         """Build ``head_bytes`` once the head is complete (method and url set)."""
@@ -219,23 +226,32 @@ class RequestHead:
             raise HeaderTooLargeError
         if self.chunked and self.te_last != b"chunked":
             raise BadTransferEncodingError  # llhttp refuses it too, but only after this call
-        head = self.head
         conn_tokens = self.conn_tokens
         if conn_tokens:
             # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
             listed = {t for t in conn_tokens if t not in _NEVER_DROPPED}
             if listed:
-                head = [line for line in head if line.split(b":", 1)[0].lower() not in listed]
+                self._drop_fields(listed)
+        head = self.head
+        head[0] = self.method
+        head[2] = self.url
+        head.append(b"x-forwarded-for: ")
         xff = self.xff
-        head.append(b"x-forwarded-for: " + (xff + b", " if xff else b"") + peer_ip)
+        if xff:
+            head.append(xff)
+            head.append(b", ")
+        head.append(peer_ip)
         head.append(b"\r\n" if self.proto_seen else b"\r\nx-forwarded-proto: http\r\n")
         if self.chunked:
             head.append(b"transfer-encoding: chunked\r\n")
         if self.upgrade and conn_tokens and b"upgrade" in conn_tokens:
-            head.append(b"connection: upgrade\r\nupgrade: " + self.upgrade + b"\r\n")
+            head.append(b"connection: upgrade\r\nupgrade: ")
+            head.append(self.upgrade)
+            head.append(b"\r\n")
         else:
             self.upgrade = b""
-        self.head_bytes = b"".join((self.method, b" ", self.url, b" HTTP/1.1\r\n", *head, b"\r\n"))
+        head.append(b"\r\n")
+        self.head_bytes = b"".join(head)
         self.head = []
 
 
@@ -262,133 +278,8 @@ def check_request(parser: Any, url: bytes, fields: list[tuple[bytes, bytes]]) ->
     built for an upstream; raises ``RequestRefusedError`` (or a subclass) for a head the
     proxy would refuse.
     """
-    head = RequestHead()
-    head.keep_lines = False
+    head = RequestHead(keep_lines=False)
     head.method, head.url = parser.get_method(), url
     for name, value in fields:
         head.add_header(name, value)
     head.validate(request_version(parser, parser.should_keep_alive(), head), "")
-
-
-# -- responses from the upstream, rewritten for the client -----------------------------------
-
-
-def client_head(
-    head: ResponseHead,
-    *,
-    method: bytes,
-    upgrade: bytes,
-    keep_alive: bool,
-    decode_chunks: bool,
-    keep_alive_end: bytes | None,
-) -> tuple[bytes, bool]:
-    """The head to send the client for an upstream ``head``, and whether to keep alive.
-
-    ``keep_alive_end`` ends the head of a kept-alive connection; None (draining)
-    closes every connection after its response.
-    """
-    status = head.status
-    if status < 200:
-        if status == 101:
-            end = b"connection: upgrade\r\nupgrade: " + upgrade + b"\r\n\r\n"
-            return head.status_line + b"\r\n" + head.headers + end, keep_alive
-        return head.status_line + b"\r\n" + head.headers + b"\r\n", keep_alive
-    if keep_alive and keep_alive_end is not None and head.content_length is not None:
-        # Framed by its length, kept alive: the same bytes every time for this head (one
-        # ResponseHead serves every answer alike, from framing's memo), so made once.
-        if head.kept_end is not keep_alive_end:
-            head.kept_head = b"".join((head.status_line, b"\r\n", head.headers, keep_alive_end))
-            head.kept_end = keep_alive_end
-        return head.kept_head, True
-    parts = [head.status_line, b"\r\n", head.headers]
-    if head.chunked:
-        if decode_chunks:
-            keep_alive = False  # an HTTP/1.0 client: the body ends when we close
-        else:
-            parts.append(b"transfer-encoding: chunked\r\n")
-    elif head.content_length is None and method != b"HEAD" and status not in (204, 304):
-        keep_alive = False  # body delimited by closing the connection
-    if keep_alive and keep_alive_end is not None:
-        parts.append(keep_alive_end)
-    else:
-        keep_alive = False
-        parts.append(CLOSE_END)
-    return b"".join(parts), keep_alive
-
-
-# -- responses the sidecar makes ------------------------------------------------------------
-
-
-def simple_response(
-    status: int,
-    body: bytes,
-    *,
-    keep_alive: bool,
-    keep_alive_timeout: float | None = None,
-    extra: tuple[tuple[str, str], ...] = (),
-    head_only: bool = False,
-) -> bytes:
-    """A complete response generated by the sidecar itself (errors, rejections)."""
-    phrase = HTTPStatus(status).phrase
-    lines = [
-        f"HTTP/1.1 {status} {phrase}",
-        f"content-type: {TEXT_PLAIN}",
-        f"content-length: {len(body)}",
-    ]
-    lines += [f"{name}: {value}" for name, value in extra]
-    if keep_alive:
-        lines.append("connection: keep-alive")
-        if keep_alive_timeout is not None:
-            lines.append(f"keep-alive: timeout={int(keep_alive_timeout)}")
-    else:
-        lines.append("connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + body
-
-
-def keep_alive_end(timeout: float) -> bytes:
-    """Connection headers (and the end of the head) for responses on a kept-alive connection."""
-    return b"connection: keep-alive\r\nkeep-alive: timeout=%d\r\n\r\n" % int(timeout)
-
-
-# 408 to a client whose head did not arrive within header_timeout; then it is closed.
-REQUEST_TIMEOUT: Final = simple_response(408, b"Request Timeout\n", keep_alive=False)
-
-
-def refusal(status: int) -> bytes:
-    """A refusal of bad input (400, 414, 417, 431, 501, 505): no body, and the connection
-    closes."""
-    return simple_response(status, b"", keep_alive=False)
-
-
-def rejection(
-    retry_after: int, *, keep_alive: bool, keep_alive_timeout: float, head_only: bool
-) -> bytes:
-    """The 503 of a request refused at the concurrency limit (proxy mode)."""
-    return simple_response(
-        503,
-        REJECTION_BODY,
-        keep_alive=keep_alive,
-        keep_alive_timeout=keep_alive_timeout,
-        extra=(("retry-after", str(retry_after)),),
-        head_only=head_only,
-    )
-
-
-def rejection_fields(retry_after: int) -> list[tuple[bytes, bytes]]:
-    """The header fields of the same 503 as an ASGI app sends it (embedded mode)."""
-    return [(b"content-type", TEXT_PLAIN.encode()), (b"retry-after", str(retry_after).encode())]
-
-
-def gateway_error(
-    status: int, *, keep_alive: bool, keep_alive_timeout: float, head_only: bool
-) -> bytes:
-    """502 (the app failed or broke HTTP) or 504 (it did not answer in time)."""
-    body = b"Bad Gateway\n" if status == 502 else b"Gateway Timeout\n"
-    return simple_response(
-        status,
-        body,
-        keep_alive=keep_alive,
-        keep_alive_timeout=keep_alive_timeout,
-        head_only=head_only,
-    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from asgi_sidecar import http1
+from asgi_sidecar import responding
 from asgi_sidecar.admitting import QUEUED
 from asgi_sidecar.exchanges import PAUSE_BODY, PAUSE_PIPELINE, PAUSE_UPSTREAM, ClientEnd, Exchange
 from asgi_sidecar.reading import PIPELINE_LIMIT, RequestReader, monotonic
@@ -79,7 +79,7 @@ class FrontConnection(RequestReader, ClientEnd):
             status, reason = ex.error
             count(self.stats.rejected, reason)
             ex.keep_alive = False
-            self._answer(ex, http1.refusal(status))
+            self._answer(ex, responding.refusal(status))
             return
         if ex.buffering:
             return  # its body is still arriving: it starts once it has (reading.py)
@@ -101,7 +101,7 @@ class FrontConnection(RequestReader, ClientEnd):
         ex.started_at = now
         if ex.expect_continue and not ex.body_done:
             assert self.transport is not None
-            self.transport.write(http1.CONTINUE)
+            self.transport.write(responding.CONTINUE)
         self.core.forward(ex)
 
     def reject(self, ex: Exchange, reason: str) -> None:
@@ -121,7 +121,7 @@ class FrontConnection(RequestReader, ClientEnd):
         live = self.core.live
         keep = ex.keep_alive and ex.body_done and not self.core.close_after_response
         ex.keep_alive = keep
-        response = http1.rejection(
+        response = responding.rejection(
             live.retry_after,
             keep_alive=keep,
             keep_alive_timeout=live.timeout_keep_alive,
@@ -138,7 +138,7 @@ class FrontConnection(RequestReader, ClientEnd):
         count(self.stats.requests, status)
         self.current = None
         assert self.transport is not None
-        self.transport.write(http1.refusal(status))
+        self.transport.write(responding.refusal(status))
         self.close(reason)
 
     def _answer(self, ex: Exchange, response: bytes) -> None:
@@ -157,7 +157,7 @@ class FrontConnection(RequestReader, ClientEnd):
         ex.status = status
         ex.response_started = status >= 200 or status == 101
         core = self.core
-        data, ex.keep_alive = http1.client_head(
+        data, ex.keep_alive = responding.client_head(
             head,
             method=ex.method,
             upgrade=ex.upgrade,
@@ -210,7 +210,7 @@ class FrontConnection(RequestReader, ClientEnd):
             return
         ex.status = status
         ex.keep_alive = ex.keep_alive and ex.body_done and not self.core.close_after_response
-        response = http1.gateway_error(
+        response = responding.gateway_error(
             status,
             keep_alive=ex.keep_alive,
             keep_alive_timeout=self.core.live.timeout_keep_alive,

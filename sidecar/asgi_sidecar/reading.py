@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 import httptools
 
-from asgi_sidecar import http1
+from asgi_sidecar import http1, responding
 from asgi_sidecar.exchanges import PAUSE_BODY, PAUSE_PIPELINE, Connection
 from asgi_sidecar.framing import LAST_CHUNK, frame_chunk
 from asgi_sidecar.refusing import HeaderTooLargeError, input_refusal
@@ -346,7 +346,7 @@ class RequestReader(asyncio.Protocol, Connection):
         self.in_head = self.head_timed = False
         count(self.stats.rejected, "header_timeout")
         if self.current is None and not self.pending and self.transport is not None:
-            self.transport.write(http1.REQUEST_TIMEOUT)
+            self.transport.write(responding.REQUEST_TIMEOUT)
         self.close("header_timeout")
 
     def timed_out_waiting_body(self) -> None:
@@ -357,7 +357,7 @@ class RequestReader(asyncio.Protocol, Connection):
         count(self.stats.rejected, "body_timeout")
         ex = self.parsing
         if ex is not None and ex is self.current and self.transport is not None:
-            self.transport.write(http1.REQUEST_TIMEOUT)
+            self.transport.write(responding.REQUEST_TIMEOUT)
         self.close("body_timeout")
 
     # -- what the connection does with a request (proxying.FrontConnection) -----------------

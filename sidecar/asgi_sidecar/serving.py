@@ -16,7 +16,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Final
 
-from asgi_sidecar import http1, kernel
+from asgi_sidecar import kernel, responding
 from asgi_sidecar.admitting import Admission
 from asgi_sidecar.exchanges import Core
 from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
@@ -87,7 +87,7 @@ class ProxyCore(Core):
         self.connections: set[Connection] = set()
         self.live = LiveSettings(settings)  # made anew with the settings (``apply``)
         self.pool = UpstreamPool(loop, self.live, *settings.upstream_address)
-        self.keep_alive_end = http1.keep_alive_end(settings.timeout_keep_alive)
+        self.keep_alive_end = responding.keep_alive_end(settings.timeout_keep_alive)
         self.listener: socket.socket | None = None
         self.effective_backlog = settings.backlog
         self.ready = False
@@ -207,7 +207,7 @@ class ProxyCore(Core):
             self.sending.unordered(now + old.send_timeout)
         if new.upstream_timeout < old.upstream_timeout:
             self.pool.awaiting.unordered(now + old.upstream_timeout)
-        self.keep_alive_end = http1.keep_alive_end(new.timeout_keep_alive)
+        self.keep_alive_end = responding.keep_alive_end(new.timeout_keep_alive)
         self.admission.apply(new)
         if new.backlog != old.backlog and self.listener is not None and not self.stopping:
             # Linux resizes the accept queue of a listening socket in place.

@@ -22,6 +22,8 @@ PURE_MODULES = [
     "stats",
     "tracking",
     "http1",
+    "responding",
+    "memo",
     "refusing",
     "framing",
     "metrics",
