@@ -97,6 +97,12 @@ class Connection:
     def abort(self, reason: str) -> None:
         raise NotImplementedError
 
+    def rest(self, idle_before: float) -> bool:
+        """Idle since ``idle_before`` or earlier (``time.monotonic``): give up what an idle
+        connection does not need until its next request comes.  False if it went idle
+        later, so that nothing was done."""
+        raise NotImplementedError
+
 
 @trait
 class ClientEnd(Connection):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from asgi_sidecar.tracking import Deadlines
 from asgi_sidecar.upstream import Pool, UpstreamConnection
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from asgi_sidecar.livesettings import LiveSettings
 
 log = logging.getLogger("asgi_sidecar.upstream")
+
+UPSTREAM_PROBE_TIMEOUT: Final = 1.0  # seconds /readyz waits to connect to the app
 
 
 class UpstreamPool(Pool):
@@ -43,6 +45,19 @@ class UpstreamPool(Pool):
         self.awaiting: Deadlines[Exchange] = Deadlines()  # sent, no response head yet
         self.stopping = False  # shutting down: no connection goes back to the pool
         self._connecting: set[asyncio.Task[None]] = set()
+
+    async def probe(self) -> tuple[bool, str]:
+        """Whether the app takes a connection now (``/readyz``), and why not."""
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), UPSTREAM_PROBE_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            return False, f"upstream {self.host}:{self.port} not reachable: {exc or 'timeout'}"
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True, "ok"
 
     def acquire(self, ex: Exchange) -> None:
         idle = self.idle

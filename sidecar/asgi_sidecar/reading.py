@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -77,7 +77,8 @@ class RequestReader(asyncio.Protocol, Connection):
         self.core = core
         self.stats = core.stats
         self.admission = core.admission
-        self.parser = httptools.HttpRequestParser(self)
+        # httptools' parser, made when bytes come and given up when idle (``rest``).
+        self.parser: Any = None
         self.transport: asyncio.Transport | None = None
         self.current: Exchange | None = None
         self.parsing: Exchange | None = None
@@ -132,9 +133,12 @@ class RequestReader(asyncio.Protocol, Connection):
             if self.upgrading:
                 self.upgrade_rest += data
             return
+        parser = self.parser
+        if parser is None:  # rested while idle (``rest``): the next request has a new one
+            parser = self.parser = httptools.HttpRequestParser(self)
         self.feeding = True
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.upgrading = True
             self.upgrade_rest = data[exc.args[0] :]
@@ -339,6 +343,15 @@ class RequestReader(asyncio.Protocol, Connection):
         if self.lingering is not None:
             self.lingering.cancel()
             self.lingering = None
+
+    def rest(self, idle_before: float) -> bool:
+        # The parser is most of what an idle connection holds besides uvloop's transport
+        # (about 0.9 KiB of 2.9; nginx frees an idle keep-alive connection's buffers the
+        # same way).  Making a new one costs about 0.6 us, once per request that follows.
+        if self.idle_since > idle_before:
+            return False
+        self.parser = None
+        return True
 
     def timed_out_waiting_header(self) -> None:
         """Slow client: 408 and close."""

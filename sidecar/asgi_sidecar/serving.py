@@ -11,7 +11,6 @@ accepting them only to fail them.  Client connections see it only as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from typing import TYPE_CHECKING, Final
@@ -23,6 +22,7 @@ from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
 from asgi_sidecar.livesettings import LiveSettings
 from asgi_sidecar.pooling import UpstreamPool
 from asgi_sidecar.proxying import FrontConnection
+from asgi_sidecar.reading import monotonic
 from asgi_sidecar.running import run
 from asgi_sidecar.stats import Stats, count
 from asgi_sidecar.tracking import SWEEP_INTERVAL, Deadlines
@@ -41,20 +41,6 @@ log = logging.getLogger("asgi_sidecar")
 ACCEPT_BATCH: Final = 64  # connections accepted per readable event before yielding
 ACCEPT_ERROR_PAUSE: Final = 0.1  # seconds without accepting after EMFILE and the like
 ACCEPT_QUEUE_FULL: Final = 0.9  # share of the effective backlog that counts as "nearly full"
-UPSTREAM_PROBE_TIMEOUT: Final = 1.0  # seconds /readyz waits to connect to the app
-
-
-async def probe_upstream(host: str, port: int) -> tuple[bool, str]:
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port), UPSTREAM_PROBE_TIMEOUT
-        )
-    except (OSError, TimeoutError) as exc:
-        return False, f"upstream {host}:{port} not reachable: {exc or 'timeout'}"
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True, "ok"
 
 
 def _wake(ex: Exchange) -> bool:
@@ -67,6 +53,10 @@ def _wake(ex: Exchange) -> bool:
 # looked at again after this long, at most DRAIN_IDLE_ROUNDS times in all.
 DRAIN_IDLE_GRACE: Final = 0.5
 DRAIN_IDLE_ROUNDS: Final = 10
+# A connection idle this long gives up its parser (``Connection.rest``): one that waits this
+# long between requests makes at most a few a second, so making a parser again for each is
+# a small cost, against about 0.9 KiB held by every idle connection.
+REST_AFTER: Final = 0.5
 
 
 class ProxyCore(Core):
@@ -122,7 +112,7 @@ class ProxyCore(Core):
     async def readiness(self) -> tuple[bool, str]:
         if not self.ready:
             return False, "draining"
-        return await probe_upstream(*self.settings.upstream_address)
+        return await self.pool.probe()
 
     async def serve(self) -> int:
         await self._stopped.wait()
@@ -344,6 +334,7 @@ class ProxyCore(Core):
                 conn.abort("send_timeout")
             for conn in self.idle.pop_expired(now):
                 conn.close("idle_timeout")
+            self._rest_idle()
             for ex in self.admission.expire(now):
                 ex.client.reject(ex, "queue_timeout")
             self.pool.time_out(now)
@@ -353,6 +344,16 @@ class ProxyCore(Core):
         except Exception:  # pragma: no cover - a bug here must not stop future sweeps
             log.exception("deadline sweep failed")
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _rest_idle(self) -> None:
+        """Connections idle for REST_AFTER give up their parser until their next request.
+
+        ``idle`` is in the order connections went idle, so the walk stops at the first one
+        too young; it passes over those already rested (a few dozen instructions each)."""
+        idle_before = monotonic() - REST_AFTER
+        for conn in self.idle:
+            if not conn.rest(idle_before):
+                break
 
     def _watch_accept_queue(self) -> None:
         """Count time the accept queue runs nearly full: a backlog signal that, unlike the

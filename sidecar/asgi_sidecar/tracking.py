@@ -9,6 +9,7 @@ passed in.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final, Generic, TypeVar
 
 K = TypeVar("K")
@@ -38,15 +39,21 @@ class Deadlines(Generic[K]):
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
+    def __iter__(self) -> Iterator[K]:
+        """The keys, oldest insertion first (do not add or remove while iterating)."""
+        return iter(self._entries)
+
     # ``in`` and ``del`` rather than ``dict.pop``: mypyc has primitives for the first two,
     # while ``pop`` is a generic method call (a method lookup, then a call), about twice
     # the instructions of both on this path.
 
     def add(self, key: K, deadline: float) -> None:
         entries = self._entries
-        if key in entries:
-            del entries[key]
+        size = len(entries)  # a native read: the usual key is new, found so with no lookup
         entries[key] = deadline
+        if len(entries) == size:  # it was there: move it to the end
+            del entries[key]
+            entries[key] = deadline
 
     def discard(self, key: K) -> None:
         entries = self._entries

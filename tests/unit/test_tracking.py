@@ -15,6 +15,13 @@ def test_re_adding_moves_to_the_end():
     deadlines.add("a", 1)
     deadlines.add("b", 2)
     deadlines.add("a", 3)
+    assert list(deadlines) == ["b", "a"]  # iterated oldest first
+    assert len(deadlines) == 2
+    assert deadlines.pop_expired(2.5) == ["b"]  # "a" has its new deadline
+    deadlines.add("b", 2)
+    assert deadlines.oldest() == "a"
+    assert deadlines.pop_oldest() == "a"
+    deadlines.add("a", 3)
     assert deadlines.oldest() == "b"
     assert deadlines.pop_oldest() == "b"
     assert deadlines.pop_oldest() == "a"
