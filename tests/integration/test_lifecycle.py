@@ -28,6 +28,14 @@ def refuses_connections(port: int) -> bool:
     return False
 
 
+def test_readiness_says_when_the_app_takes_no_connection(tmp_path):
+    nothing = free_port()  # no app listens here
+    with sidecar(nothing, tmp_path=tmp_path) as sc:
+        ready = httpx.get(f"http://127.0.0.1:{sc.metrics_port}/readyz", timeout=5)
+        assert ready.status_code == 503
+        assert f"upstream 127.0.0.1:{nothing} not reachable" in ready.text
+
+
 # -- graceful shutdown ----------------------------------------------------------------------
 
 
