@@ -16,12 +16,13 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import nginx
-from bench.procs import PURE, Processes, free_port, processes, start_sidecar
+from bench.procs import PURE, Processes, free_port, processes, start_sidecar, uvicorn_cmd
 from bench.report import Timing, table
 
 VALGRIND = shutil.which("valgrind") or "/usr/bin/valgrind"
@@ -30,6 +31,8 @@ CALLGRIND_CONTROL = shutil.which("callgrind_control") or "/usr/bin/callgrind_con
 PROFILES = Path(__file__).resolve().parent / "results" / "callgrind"
 WARMUP = 300
 REQUESTS = 3000
+EMBEDDED_REQUESTS = 1000  # the app's own work is most of each: fewer are enough
+DEMO = "asgi_sidecar.demo:app"
 READY_TIMEOUT = 300.0  # Python's imports under callgrind take a while
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 SIDECAR_FLAGS = ["--limit-concurrency", "10000", "--queue-depth", "100"]
@@ -108,12 +111,13 @@ def _control(pid: int, flag: str) -> None:
     )
 
 
-def measure(workdir: Path, name: str, pid: int, port: int) -> Count:
-    """Zero the counters after a warm-up, make REQUESTS, dump: the instructions between."""
+def measure(workdir: Path, name: str, pid: int, port: int, count: int = REQUESTS) -> Count:
+    """Zero the counters after a warm-up, make ``count`` requests, dump: the instructions
+    between."""
     requests(port, WARMUP)
     before = set(workdir.glob(f"{name}.callgrind.*"))
     _control(pid, "-z")
-    requests(port, REQUESTS)
+    requests(port, count)
     _control(pid, "-d")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -122,7 +126,7 @@ def measure(workdir: Path, name: str, pid: int, port: int) -> Count:
             if total is not None:
                 PROFILES.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(dump, PROFILES / f"{name}.callgrind")
-                return Count(name, total, REQUESTS)
+                return Count(name, total, count)
         time.sleep(0.2)
     raise RuntimeError(f"no callgrind dump of {name} appeared")
 
@@ -172,6 +176,7 @@ def instructions(workdir: Path, t: Timing) -> str:
         pid, port = _start_nginx(procs, "nginx-proxy", upstream)
         counts.append(measure(workdir, "nginx-proxy", pid, port))
         counts[-1].name = "nginx"
+        embedded = _embedded(procs)
     peer = counts[-1].per_request
     rows = [
         [c.name, f"{c.per_request:,.0f}", f"{c.per_request / peer:.2f}x",
@@ -196,8 +201,52 @@ def instructions(workdir: Path, t: Timing) -> str:
                 ["proxy", "instructions / request", "vs nginx", "nginx / this (goal ≥ 0.8x)"],
                 rows,
             ),
+            "",
+            "## instructions: embedded `serve` and plain uvicorn, the same app (callgrind)",
+            "",
+            f"`{DEMO}` (FastAPI) under each server, under callgrind as above: {WARMUP} "
+            f"requests of warm-up, then {EMBEDDED_REQUESTS} GET / on one keep-alive "
+            "connection. uvicorn `--loop uvloop --http httptools --no-access-log`; serve with "
+            "every feature on (`--limit-concurrency 1000`). Fewer instructions per request "
+            "than uvicorn is what `serve` needs for more requests per second than it.",
+            "",
+            table(
+                ["server", "instructions / request", "vs uvicorn"],
+                [
+                    [
+                        c.name,
+                        f"{c.per_request:,.0f}",
+                        f"{c.per_request / embedded[0].per_request:.3f}x",
+                    ]
+                    for c in embedded
+                ],
+            ),
         ]
     )
+
+
+def _embedded(procs: Processes) -> list[Count]:
+    """Instructions per request of plain uvicorn and of ``serve``, on the demo app."""
+    workdir = procs.workdir
+    name, port = "uvicorn-demo", free_port()
+    # python -m uvicorn, not its script: valgrind runs the interpreter itself.
+    cmd = [*callgrind(workdir, name), sys.executable, "-m", "uvicorn", *uvicorn_cmd(DEMO, port)[1:]]
+    proc = procs.start(
+        name, cmd, 0, ready_url=f"http://127.0.0.1:{port}/", port=port, env=DETERMINISTIC,
+        ready_timeout=READY_TIMEOUT,
+    )  # fmt: skip
+    counts = [measure(workdir, name, proc.pid, port, EMBEDDED_REQUESTS)]
+    counts[-1].name = f"uvicorn {DEMO}"
+    procs.stop(proc)
+    name = "sidecar-serve"
+    proc, port = start_sidecar(
+        procs, name, ["serve", DEMO, "--limit-concurrency", "1000"], 0, env=DETERMINISTIC,
+        wrapper=callgrind(workdir, name), ready_timeout=READY_TIMEOUT,
+    )  # fmt: skip
+    counts.append(measure(workdir, name, proc.pid, port, EMBEDDED_REQUESTS))
+    counts[-1].name = "asgi-sidecar serve, compiled"
+    procs.stop(proc)
+    return counts
 
 
 def _valgrind_version() -> str:
