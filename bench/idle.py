@@ -14,7 +14,15 @@ import time
 from pathlib import Path
 
 from bench import nginx
-from bench.procs import PURE, Proc, processes, raise_nofile, start_sidecar
+from bench.procs import (
+    PURE,
+    Proc,
+    Processes,
+    processes,
+    raise_nofile,
+    start_sidecar,
+    start_uvicorn,
+)
 from bench.report import Timing, table, verdict
 
 CONNECTIONS = 10_000
@@ -22,6 +30,7 @@ BATCH = 500
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 OPEN_TIMEOUT = 120.0
 GOAL_MB = 50
+DEMO = "asgi_sidecar.demo:app"  # the rows of the app in-process (FastAPI)
 
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -110,6 +119,8 @@ def idle(workdir: Path, t: Timing) -> str:
                 procs.stop(side)
             ngx, ngx_port = nginx.start_proxy(procs, "nginx-proxy", upstream, core=0)
             rows.append(["nginx (master + worker)", *_measure(ngx_port, ngx), None])
+            procs.stop(ngx)
+            rows += _embedded(procs, flags)
     finally:
         os.sched_setaffinity(0, affinity)
     return "\n".join(
@@ -119,7 +130,10 @@ def idle(workdir: Path, t: Timing) -> str:
             f"Clients: asyncio in this process (RLIMIT_NOFILE {soft}), opened {BATCH} at a time, "
             "on core 1 with the upstream (nginx `return 200`); proxy on core 0. Sidecar: "
             "`--timeout-keep-alive 300 --backlog 4096`; nginx: `keepalive_timeout 300s`. "
-            "RSS = VmRSS of all the proxy's processes, read 2 s after the last connection opened.",
+            "RSS = VmRSS of all the proxy's processes, read 2 s after the last connection opened. "
+            f"The last two rows hold the connections with the app in-process ({DEMO}): "
+            "`asgi-sidecar serve` with the sidecar's flags, and plain uvicorn "
+            "`--timeout-keep-alive 300 --backlog 4096`; the goal is the proxy's.",
             "",
             table(
                 [
@@ -141,6 +155,19 @@ def idle(workdir: Path, t: Timing) -> str:
             ),
         ]
     )
+
+
+def _embedded(procs: Processes, flags: list[str]) -> list[list[object]]:
+    """The same for the app in-process: ``serve`` and plain uvicorn, on the demo app."""
+    rows: list[list[object]] = []
+    side, port = start_sidecar(procs, "sidecar-serve", ["serve", DEMO], 0, *flags)
+    rows.append([f"asgi-sidecar serve {DEMO}", *_measure(port, side), None])
+    procs.stop(side)
+    keep = ["--timeout-keep-alive", "300", "--backlog", "4096"]
+    plain, port = start_uvicorn(procs, "uvicorn-demo", DEMO, 0, *keep)
+    rows.append([f"uvicorn {DEMO}", *_measure(port, plain), None])
+    procs.stop(plain)
+    return rows
 
 
 def _peak_mb(proc: Proc) -> str:

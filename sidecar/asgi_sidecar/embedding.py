@@ -51,7 +51,7 @@ from asgi_sidecar.refusing import input_refusal
 from asgi_sidecar.running import run
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats, count
-from asgi_sidecar.tracking import SWEEP_INTERVAL
+from asgi_sidecar.tracking import REST_AFTER, SWEEP_INTERVAL
 
 log = logging.getLogger("asgi_sidecar")
 
@@ -170,6 +170,10 @@ class EmbeddedServer:
             proto.idle_timed_out()
         for proto in self.heads.pop_expired(now):
             proto.header_timed_out()
+        idle_before = now - REST_AFTER
+        for proto in self.idle:  # in the order they went idle: stop at the first too young
+            if not proto.rest(idle_before):
+                break
         self.admission.tick(self.loop.time())  # the admission engine's
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
@@ -288,9 +292,29 @@ class GuardedProtocol(HttpToolsProtocol):
             if cycle is not None and cycle.scope is self.scope:
                 cycle.__class__ = CloseDelimitedCycle
 
+    def rest(self, idle_before: float) -> bool:
+        """Idle since ``idle_before`` or earlier: give up the parser until bytes come, and
+        the last request's cycle and scope, which uvicorn keeps until the next request
+        makes new ones (``on_message_begin``; every use of the cycle allows None)."""
+        if self._idle_since > idle_before:
+            return False
+        self.parser = None  # type: ignore[assignment]
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete:
+            self.cycle = None  # type: ignore[assignment]
+            self.scope = None  # type: ignore[assignment]
+            self.headers = []
+        return True
+
     def data_received(self, data: bytes) -> None:
         # uvicorn's, but with the proxy's statuses and reasons for what the parser refused
         # (and no keep-alive timer to cancel: this class never arms one).
+        if self.parser is None:  # rested while idle
+            self.parser = httptools.HttpRequestParser(self)
+            # Made as uvicorn makes its own: bytes after a request that asked to close do
+            # not fail the parse (httptools before 0.6.3 has no such setting).
+            with contextlib.suppress(AttributeError):
+                self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:

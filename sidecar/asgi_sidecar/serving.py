@@ -25,7 +25,7 @@ from asgi_sidecar.proxying import FrontConnection
 from asgi_sidecar.reading import monotonic
 from asgi_sidecar.running import run
 from asgi_sidecar.stats import Stats, count
-from asgi_sidecar.tracking import SWEEP_INTERVAL, Deadlines
+from asgi_sidecar.tracking import REST_AFTER, SWEEP_INTERVAL, Deadlines
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -53,10 +53,6 @@ def _wake(ex: Exchange) -> bool:
 # looked at again after this long, at most DRAIN_IDLE_ROUNDS times in all.
 DRAIN_IDLE_GRACE: Final = 0.5
 DRAIN_IDLE_ROUNDS: Final = 10
-# A connection idle this long gives up its parser (``Connection.rest``): one that waits this
-# long between requests makes at most a few a second, so making a parser again for each is
-# a small cost, against about 0.9 KiB held by every idle connection.
-REST_AFTER: Final = 0.5
 
 
 class ProxyCore(Core):
