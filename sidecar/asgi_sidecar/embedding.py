@@ -248,6 +248,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self._close_reason = ""
         self._idle_since = 0.0  # set when the connection is taken in
         self._served = 0
+        # No message is being read: the last one (if any) was read to its end.  A response
+        # can end before its request does (an upload answered early), and the connection
+        # goes idle then, so idleness alone does not say the parser may go (``rest``).
+        self._between = True
         super().connection_made(transport)
         state.stats.connections_opened += 1
         cap = state.settings.max_connections
@@ -278,7 +282,12 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self.guard.request_begins(self, self._served > 0, self._idle_since)
         self._served += 1
+        self._between = False
         HttpToolsProtocol.on_message_begin(self)
+
+    def on_message_complete(self) -> None:
+        HttpToolsProtocol.on_message_complete(self)
+        self._between = True
 
     def on_headers_complete(self) -> None:
         # The proxy's request rules first: a refusal raises RequestRefusedError, which the
@@ -293,11 +302,15 @@ class GuardedProtocol(HttpToolsProtocol):
                 cycle.__class__ = CloseDelimitedCycle
 
     def rest(self, idle_before: float) -> bool:
-        """Idle since ``idle_before`` or earlier: give up the parser until bytes come, and
-        the last request's cycle and scope, which uvicorn keeps until the next request
-        makes new ones (``on_message_begin``; every use of the cycle allows None)."""
+        """Idle since ``idle_before`` or earlier and between messages: give up the parser
+        until bytes come, and the last request's cycle and scope, which uvicorn keeps until
+        the next request makes new ones (``on_message_begin``; every use of the cycle
+        allows None).  False if it went idle later."""
         if self._idle_since > idle_before:
             return False
+        parser = self.parser
+        if not self._between or (parser is not None and parser.should_upgrade()):
+            return True  # in the middle of a message, or past an upgrade: the parser stays
         self.parser = None  # type: ignore[assignment]
         cycle = self.cycle
         if cycle is not None and cycle.response_complete:

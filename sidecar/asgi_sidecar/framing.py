@@ -75,7 +75,7 @@ class ResponseHead:
         self.content_length = content_length
         self.chunked = chunked
         self.close = close  # this upstream connection must not carry another request
-        # http1.client_head's head for a kept-alive client, and the end it was made with.
+        # responding.client_head's head for a kept-alive client, and the end it was made with.
         self.kept_end: bytes | None = None
         self.kept_head = b""
 

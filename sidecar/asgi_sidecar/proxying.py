@@ -120,6 +120,8 @@ class FrontConnection(RequestReader, ClientEnd):
     def _send_rejection(self, ex: Exchange) -> None:
         live = self.core.live
         keep = ex.keep_alive and ex.body_done and not self.core.close_after_response
+        # An upgrade answered without 101 closes: llhttp reads no request after an upgrade.
+        keep = keep and not ex.upgrade
         ex.keep_alive = keep
         response = responding.rejection(
             live.retry_after,
@@ -210,6 +212,7 @@ class FrontConnection(RequestReader, ClientEnd):
             return
         ex.status = status
         ex.keep_alive = ex.keep_alive and ex.body_done and not self.core.close_after_response
+        ex.keep_alive = ex.keep_alive and not ex.upgrade  # as in _send_rejection
         response = responding.gateway_error(
             status,
             keep_alive=ex.keep_alive,

@@ -118,3 +118,28 @@ def test_a_connection_rested_while_idle_reads_its_next_requests_whole(tmp_path):
         assert conn.request("/echo").status == 200
         assert sc.metric("asgi_keepalive_reused_requests_total") == 4
         assert sc.metric("asgi_requests_total", 'code="200"') == 5
+
+
+SMUGGLED = b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Smuggled: 1\r\n\r\n"
+
+
+def test_a_body_still_coming_after_an_early_answer_is_never_read_as_requests(tmp_path):
+    # /fixed answers without reading the body; the connection goes idle when the response
+    # ends, though the body is still coming.  Past REST_AFTER, the rest of the body must
+    # still be the body (discarded), not the start of requests for a new parser.
+    with sidecar(0, *APP, "--timeout-keep-alive", "10", tmp_path=tmp_path, command="serve") as sc:
+        conn = Conn(sc.port)
+        length = 10 + len(SMUGGLED)
+        conn.sock.sendall(
+            b"POST /fixed?n=5 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length
+        )
+        conn.sock.sendall(b"a" * 10)
+        early = conn.read_response()
+        assert (early.status, early.body) == (200, b"fffff")
+        time.sleep(1.2)
+        conn.sock.sendall(SMUGGLED)  # the body's last bytes
+        conn.sock.sendall(b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Genuine: 1\r\n\r\n")
+        answered = json.loads(conn.read_response().body)
+        assert answered["x-genuine"] == "1"
+        assert "x-smuggled" not in answered
+        assert sc.metric("asgi_requests_total", 'code="200"') == 2

@@ -17,7 +17,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.support.processes import free_port, sidecar, upstream_app
-from tests.support.rawhttp import RawClient, established, proc_status_kib, request
+from tests.support.rawhttp import Conn, RawClient, established, proc_status_kib, request
 from tests.support.waiting import eventually
 
 MiB = 1024 * 1024
@@ -334,6 +334,20 @@ def test_refused_upstream_gives_502_fast(tmp_path):
         assert client.get(sc.url + "/echo").status_code == 502
         assert sc.metric("asgi_upstream_errors_total", 'reason="connect_failed"') == 2
         assert sc.metric("asgi_connections_opened_total") - opened == 1
+
+
+def test_an_upgrade_answered_by_the_sidecar_closes_its_connection(tmp_path):
+    # A 502 (or 503) instead of 101: llhttp reads nothing after an upgrade request, so the
+    # connection closes rather than hang the client's next request.
+    with sidecar(free_port(), tmp_path=tmp_path) as sc:
+        conn = Conn(sc.port)
+        conn.sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        refused = conn.read_response()
+        assert refused.status == 502
+        assert refused.headers["connection"] == "close"
+        assert conn.wait_closed(5) is not None
 
 
 def test_slow_upstream_gives_504_at_the_upstream_timeout(upstream_port, tmp_path):
