@@ -117,12 +117,17 @@ class FrontConnection(RequestReader, ClientEnd):
             self._send_rejection(ex)
         # else: answered when the body ends in this read (keep-alive), or after it (close)
 
+    def _keeps_after_own_answer(self, ex: Exchange) -> bool:
+        """Whether the connection stays open after a response the sidecar makes for ``ex``
+        (a 503 or a 502/504): its body was read, no drain, and no upgrade was asked for
+        (llhttp reads no request after an upgrade request)."""
+        return (
+            ex.keep_alive and ex.body_done and not self.core.close_after_response and not ex.upgrade
+        )
+
     def _send_rejection(self, ex: Exchange) -> None:
         live = self.core.live
-        keep = ex.keep_alive and ex.body_done and not self.core.close_after_response
-        # An upgrade answered without 101 closes: llhttp reads no request after an upgrade.
-        keep = keep and not ex.upgrade
-        ex.keep_alive = keep
+        keep = ex.keep_alive = self._keeps_after_own_answer(ex)
         response = responding.rejection(
             live.retry_after,
             keep_alive=keep,
@@ -211,8 +216,7 @@ class FrontConnection(RequestReader, ClientEnd):
             self.finish(ex)
             return
         ex.status = status
-        ex.keep_alive = ex.keep_alive and ex.body_done and not self.core.close_after_response
-        ex.keep_alive = ex.keep_alive and not ex.upgrade  # as in _send_rejection
+        ex.keep_alive = self._keeps_after_own_answer(ex)
         response = responding.gateway_error(
             status,
             keep_alive=ex.keep_alive,

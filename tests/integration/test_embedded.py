@@ -11,6 +11,7 @@ import httpx
 from tests.support.processes import ROOT, sidecar
 from tests.support.promtool import check_metrics
 from tests.support.rawhttp import Conn
+from tests.support.resting import read_on_after_resting
 from tests.support.waiting import wait_for
 
 APP = ("tests.support.apps:app", "--app-dir", str(ROOT))
@@ -98,24 +99,7 @@ def test_a_connection_rested_while_idle_reads_its_next_requests_whole(tmp_path):
     # As in the proxy (test_keepalive.py): idle past tracking.REST_AFTER, a connection gives
     # up uvicorn's parser, and a new one reads a split head and then pipelined requests.
     with sidecar(0, *APP, "--timeout-keep-alive", "10", tmp_path=tmp_path, command="serve") as sc:
-        conn = Conn(sc.port)
-        assert conn.request("/echo").status == 200
-        time.sleep(1.2)
-        conn.sock.sendall(b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Spl")
-        time.sleep(0.2)
-        conn.sock.sendall(b"it: 1\r\n\r\n")
-        split = conn.read_response()
-        assert split.status == 200
-        assert json.loads(split.body)["x-split"] == "1"
-        time.sleep(1.2)
-        conn.sock.sendall(
-            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nfirst"
-            b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Second: 2\r\n\r\n"
-        )
-        first, second = conn.read_response(), conn.read_response()
-        assert json.loads(first.body) == {"size": 5, "start": "first"}
-        assert json.loads(second.body)["x-second"] == "2"
-        assert conn.request("/echo").status == 200
+        read_on_after_resting(sc.port)
         assert sc.metric("asgi_keepalive_reused_requests_total") == 4
         assert sc.metric("asgi_requests_total", 'code="200"') == 5
 

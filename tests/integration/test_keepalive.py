@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from tests.support.processes import sidecar
 from tests.support.rawhttp import Conn
+from tests.support.resting import read_on_after_resting
 from tests.support.waiting import wait_for
 
 # The timer is swept every 0.1 s; allow that plus scheduling noise.
@@ -78,26 +78,9 @@ def test_header_timeout_is_separate_from_keep_alive(upstream_port, tmp_path):
 
 
 def test_a_connection_rested_while_idle_reads_its_next_requests_whole(upstream_port, tmp_path):
-    # Idle past serving.REST_AFTER (0.5 s), a connection gives up its parser; what comes
+    # Idle past tracking.REST_AFTER (0.5 s), a connection gives up its parser; what comes
     # next is read by a new one: a head split across reads, then two pipelined requests.
     with sidecar(upstream_port, "--timeout-keep-alive", "10", tmp_path=tmp_path) as sc:
-        conn = Conn(sc.port)
-        assert conn.request("/echo").status == 200
-        time.sleep(1.2)
-        conn.sock.sendall(b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Spl")
-        time.sleep(0.2)
-        conn.sock.sendall(b"it: 1\r\n\r\n")
-        split = conn.read_response()
-        assert split.status == 200
-        assert json.loads(split.body)["x-split"] == "1"
-        time.sleep(1.2)
-        conn.sock.sendall(
-            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nfirst"
-            b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Second: 2\r\n\r\n"
-        )
-        first, second = conn.read_response(), conn.read_response()
-        assert json.loads(first.body) == {"size": 5, "start": "first"}
-        assert json.loads(second.body)["x-second"] == "2"
-        assert conn.request("/echo").status == 200  # at once: the parser made just now
+        read_on_after_resting(sc.port)
         assert sc.metric("asgi_keepalive_reused_requests_total") == 4
         assert sc.metric("asgi_requests_total", 'code="400"') == 0
