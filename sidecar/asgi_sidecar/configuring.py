@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from asgi_sidecar.settings import SidecarSettings, is_nullable
@@ -48,10 +47,7 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
 
 def parse_config_text(text: str, source: str) -> dict[str, Any]:
     """Parse a YAML or JSON settings document into field-name keyed values."""
-    try:
-        data = yaml.safe_load(text) if text.strip() else {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
+    data = _parse_document(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -65,6 +61,27 @@ def parse_config_text(text: str, source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: unknown setting {key!r}; known settings: {known}")
         result[name] = value
     return result
+
+
+def _parse_document(text: str, source: str) -> Any:
+    """JSON (what the operator writes) with ``json``; anything else as YAML.
+
+    PyYAML is imported only for a document that is not JSON: a process that never reads
+    YAML never holds it (about 1.3 MB).  JSON is read by its own rules, so ``1e3`` is a
+    number, as JSON says, where YAML 1.1 would read a string.
+    """
+    if not text.strip():
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

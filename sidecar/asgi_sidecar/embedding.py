@@ -365,7 +365,12 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         self.flow.resume_reading()
-        self._idle_since = self.guard.went_idle(self)
+        # A pipelined head already coming (its first bytes began a message) is under its
+        # header deadline alone, as in the proxy: idle, a keep-alive shorter than the
+        # header timeout would cut it.  A body still coming after an early answer does go
+        # idle, so the keep-alive bounds how long it may trickle.
+        if self._between or self not in self.guard.heads:
+            self._idle_since = self.guard.went_idle(self)
 
 
 def load_app(target: str, app_dir: str) -> ASGIApp:

@@ -127,3 +127,19 @@ def test_a_body_still_coming_after_an_early_answer_is_never_read_as_requests(tmp
         assert answered["x-genuine"] == "1"
         assert "x-smuggled" not in answered
         assert sc.metric("asgi_requests_total", 'code="200"') == 2
+
+
+def test_a_head_already_coming_when_a_response_ends_keeps_its_header_deadline(tmp_path):
+    # The next request's first bytes arrive while the first response is still being made.
+    # When that response ends, the connection is not idle: its half-read head is under the
+    # header timeout (10 s), not the keep-alive (0.5 s).
+    args = (*APP, "--timeout-keep-alive", "0.5", "--header-timeout", "10")
+    with sidecar(0, *args, tmp_path=tmp_path, command="serve") as sc:
+        conn = Conn(sc.port)
+        conn.send("/slow?s=0.3")
+        conn.sock.sendall(b"GET /echo HTTP/1.1\r\nHo")
+        assert conn.read_response().status == 200
+        time.sleep(1.2)  # past the keep-alive
+        conn.sock.sendall(b"st: x\r\n\r\n")
+        assert conn.read_response().status == 200
+        assert sc.metric("asgi_connections_closed_total", 'reason="idle_timeout"') == 0

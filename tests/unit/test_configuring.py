@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from asgi_sidecar.configuring import (
@@ -30,6 +33,25 @@ def test_yaml_and_json_files_with_camel_case(tmp_path):
     assert load_settings(yaml_file, {}, {}) == load_settings(json_file, {}, {})
 
 
+def test_a_json_document_follows_json_and_never_loads_yaml():
+    # What the operator writes is JSON: read by JSON's rules (1e3 is a number; YAML 1.1
+    # reads a string), and without importing PyYAML, which a sidecar then never holds.
+    probe = (
+        "import sys; from asgi_sidecar.configuring import parse_config_text as parse;"
+        "print(parse(sys.argv[1], 'x'), 'yaml' in sys.modules)"
+    )
+    document = '{"timeoutKeepAlive": 1e3}'
+    out = subprocess.run(
+        [sys.executable, "-c", probe, document],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split() == ["{'timeout_keep_alive':", "1000.0}", "False"]
+    assert parse_config_text("timeoutKeepAlive: 1e3", "x") == {"timeout_keep_alive": "1e3"}
+
+
 def test_unknown_key_is_named_with_the_known_ones():
     with pytest.raises(ConfigError, match=r"unknown setting 'limitConcurency'.*limit_concurrency"):
         parse_config_text("limitConcurency: 3", "config file x")
@@ -40,6 +62,8 @@ def test_unknown_key_is_named_with_the_known_ones():
     [
         ("a: [", "not valid YAML or JSON"),
         ("- 1\n- 2", "expected a mapping"),
+        ("[1, 2]", "expected a mapping"),
+        ('{"timeoutKeepAlive": 9', "not valid YAML or JSON"),
     ],
 )
 def test_broken_files_get_clear_errors(text, message):
