@@ -240,6 +240,11 @@ class GuardedProtocol(HttpToolsProtocol):
     a fractional ``timeout_keep_alive`` is honoured to within the sweep.
     """
 
+    # Slots, not instance attributes: uvicorn's protocol sets 28 of its own, and CPython
+    # 3.11 shares one key table among a class's instances for at most 30.  Past that, every
+    # connection got a dict of its own and each of uvicorn's attribute reads a slower path.
+    __slots__ = ("_between", "_close_reason", "_idle_since", "_served")
+
     state: EmbeddedServer  # both set on the subclass made per process
     guard: Guard[GuardedProtocol, asyncio.Future[None]]
 
