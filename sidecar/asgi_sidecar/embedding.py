@@ -243,7 +243,7 @@ class GuardedProtocol(HttpToolsProtocol):
     # Slots, not instance attributes: uvicorn's protocol sets 28 of its own, and CPython
     # 3.11 shares one key table among a class's instances for at most 30.  Past that, every
     # connection got a dict of its own and each of uvicorn's attribute reads a slower path.
-    __slots__ = ("_between", "_close_reason", "_idle_since", "_served")
+    __slots__ = ("_close_reason", "_idle_since", "_served")
 
     state: EmbeddedServer  # both set on the subclass made per process
     guard: Guard[GuardedProtocol, asyncio.Future[None]]
@@ -253,10 +253,6 @@ class GuardedProtocol(HttpToolsProtocol):
         self._close_reason = ""
         self._idle_since = 0.0  # set when the connection is taken in
         self._served = 0
-        # No message is being read: the last one (if any) was read to its end.  A response
-        # can end before its request does (an upload answered early), and the connection
-        # goes idle then, so idleness alone does not say the parser may go (``rest``).
-        self._between = True
         super().connection_made(transport)
         state.stats.connections_opened += 1
         cap = state.settings.max_connections
@@ -287,12 +283,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self.guard.request_begins(self, self._served > 0, self._idle_since)
         self._served += 1
-        self._between = False
         HttpToolsProtocol.on_message_begin(self)
-
-    def on_message_complete(self) -> None:
-        HttpToolsProtocol.on_message_complete(self)
-        self._between = True
 
     def on_headers_complete(self) -> None:
         # The proxy's request rules first: a refusal raises RequestRefusedError, which the
@@ -313,11 +304,16 @@ class GuardedProtocol(HttpToolsProtocol):
         allows None).  False if it went idle later."""
         if self._idle_since > idle_before:
             return False
-        parser = self.parser
-        if not self._between or (parser is not None and parser.should_upgrade()):
-            return True  # in the middle of a message, or past an upgrade: the parser stays
+        # Idle is not always "between messages": a response can end before its request does
+        # (an upload answered early; uvicorn then leaves ``more_body`` set).  Then, or past an
+        # upgrade, the parser stays: a new one would read the rest of that message as
+        # requests.  (A half-read pipelined head never goes idle: ``on_response_complete``.)
+        parser, cycle = self.parser, self.cycle
+        if (cycle is not None and cycle.more_body) or (
+            parser is not None and parser.should_upgrade()
+        ):
+            return True
         self.parser = None  # type: ignore[assignment]
-        cycle = self.cycle
         if cycle is not None and cycle.response_complete:
             self.cycle = None  # type: ignore[assignment]
             self.scope = None  # type: ignore[assignment]
@@ -374,7 +370,7 @@ class GuardedProtocol(HttpToolsProtocol):
         # header deadline alone, as in the proxy: idle, a keep-alive shorter than the
         # header timeout would cut it.  A body still coming after an early answer does go
         # idle, so the keep-alive bounds how long it may trickle.
-        if self._between or self not in self.guard.heads:
+        if self not in self.guard.heads:
             self._idle_since = self.guard.went_idle(self)
 
 
