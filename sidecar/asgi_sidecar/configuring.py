@@ -70,17 +70,22 @@ def _parse_document(text: str, source: str) -> Any:
     YAML never holds it (about 1.3 MB).  JSON is read by its own rules, so ``1e3`` is a
     number, as JSON says, where YAML 1.1 would read a string.
     """
+    text = text.removeprefix("\ufeff")  # a byte order mark, as some editors write
     if not text.strip():
         return {}
     try:
         return json.loads(text)
-    except ValueError:
+    except ValueError:  # not JSON (or an int longer than Python reads): try YAML
         pass
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
     import yaml
 
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # PyYAML's constructors raise these bare
         raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
 
 

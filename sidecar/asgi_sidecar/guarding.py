@@ -1,7 +1,7 @@
 """Embedded mode's per-request work, compiled: the admission middleware, and one native
 call per uvicorn hook.
 
-``embedding.GuardedProtocol`` subclasses uvicorn's protocol, so it stays interpreted;
+``uvicorn_protocol.GuardedProtocol`` subclasses uvicorn's protocol, so it stays interpreted;
 what its hooks do to the shared state (idle and header deadlines, the counters, the
 admission engine) is here, where mypyc turns it into native code, and so is the ASGI
 middleware that admits each request (a native coroutine costs less than an interpreted

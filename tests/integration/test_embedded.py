@@ -7,7 +7,9 @@ import signal
 import time
 
 import httpx
+from websockets.sync.client import connect as ws_connect
 
+from tests.support.metrics import samples
 from tests.support.processes import ROOT, sidecar
 from tests.support.promtool import check_metrics
 from tests.support.rawhttp import Conn
@@ -143,3 +145,37 @@ def test_a_head_already_coming_when_a_response_ends_keeps_its_header_deadline(tm
         conn.sock.sendall(b"st: x\r\n\r\n")
         assert conn.read_response().status == 200
         assert sc.metric("asgi_connections_closed_total", 'reason="idle_timeout"') == 0
+
+
+def test_a_head_already_coming_when_a_response_ends_still_times_out_at_its_deadline(tmp_path):
+    # The other way round: a header timeout (0.5 s) shorter than the keep-alive (10 s) still
+    # answers 408 to a pipelined head that stops half way, once the first response has ended.
+    args = (*APP, "--timeout-keep-alive", "10", "--header-timeout", "0.5")
+    with sidecar(0, *args, tmp_path=tmp_path, command="serve") as sc:
+        conn = Conn(sc.port)
+        conn.send("/slow?s=0.2")
+        conn.sock.sendall(b"GET /echo HTTP/1.1\r\nHo")
+        assert conn.read_response().status == 200
+        assert conn.read_response().status == 408
+        assert conn.wait_closed(5) is not None
+        assert sc.metric("asgi_requests_rejected_total", 'reason="header_timeout"') == 1
+
+
+def test_a_websocket_counts_as_a_connection_until_it_closes(tmp_path):
+    # uvicorn hands an upgraded connection to its WebSocket protocol, and the transport
+    # then tells that protocol, not serve's, when it closes.  The connection counts against
+    # max_connections while it is open, and no longer once it has closed.
+    def closed() -> float:
+        found = samples(sc.metrics())
+        return sum(v for k, v in found.items() if k.startswith("asgi_connections_closed_total"))
+
+    with sidecar(0, *APP, "--max-connections", "2", tmp_path=tmp_path, command="serve") as sc:
+        before = closed()  # the harness's own probe of the port, if any
+        for n in range(1, 4):
+            with ws_connect(f"ws://127.0.0.1:{sc.port}/ws", open_timeout=5) as ws:
+                ws.send("hi")
+                assert ws.recv(timeout=5) == "echo:hi"
+                assert sc.metric("asgi_connections", 'state="active"') == 1
+            wait_for(lambda n=n: closed() == before + n, what=f"{n} closed connections counted")
+            assert sc.metric("asgi_connections", 'state="active"') == 0
+        assert Conn(sc.port).request("/echo").status == 200

@@ -50,6 +50,8 @@ def test_a_json_document_follows_json_and_never_loads_yaml():
     )
     assert out.stdout.split() == ["{'timeout_keep_alive':", "1000.0}", "False"]
     assert parse_config_text("timeoutKeepAlive: 1e3", "x") == {"timeout_keep_alive": "1e3"}
+    with_bom = parse_config_text('\ufeff{"timeoutKeepAlive": 1e3}', "x")
+    assert with_bom == {"timeout_keep_alive": 1000.0}
 
 
 def test_unknown_key_is_named_with_the_known_ones():
@@ -64,6 +66,8 @@ def test_unknown_key_is_named_with_the_known_ones():
         ("- 1\n- 2", "expected a mapping"),
         ("[1, 2]", "expected a mapping"),
         ('{"timeoutKeepAlive": 9', "not valid YAML or JSON"),
+        ("[" * 100_000, "nested too deeply"),
+        ("a: " + "1" * 5000, "not valid YAML or JSON"),  # past Python's int digit limit
     ],
 )
 def test_broken_files_get_clear_errors(text, message):
