@@ -26,6 +26,14 @@ def spread(values: Sequence[float]) -> str:
     return f"{median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
 
+def paired_ratios(values: Sequence[float], bases: Sequence[float]) -> list[float]:
+    """``values[i] / bases[i]``: each round's ratio of two runs made one right after the
+    other, so a machine whose speed drifts over the benchmark moves both alike."""
+    if len(values) != len(bases) or not values:
+        raise ValueError(f"need as many rounds of each, got {len(values)} and {len(bases)}")
+    return [value / base for value, base in zip(values, bases, strict=True)]
+
+
 def ms(value: float | None) -> str | None:
     return None if value is None else f"{value:.2f}"
 

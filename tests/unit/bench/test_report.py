@@ -1,0 +1,13 @@
+import pytest
+
+from bench.report import paired_ratios
+
+
+def test_paired_ratios_divide_round_by_round():
+    assert paired_ratios([10.0, 30.0, 8.0], [10.0, 20.0, 16.0]) == [1.0, 1.5, 0.5]
+
+
+@pytest.mark.parametrize(("values", "bases"), [([1.0], [1.0, 2.0]), ([], [])])
+def test_paired_ratios_need_as_many_rounds_of_each(values, bases):
+    with pytest.raises(ValueError, match="as many rounds"):
+        paired_ratios(values, bases)
