@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -24,6 +27,13 @@ def spread(values: Sequence[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:,.0f}"
     return f"{median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def in_turn(items: Sequence[T], rounds: int) -> Iterator[T]:
+    """Each of ``items`` once per round, the order flipped every other round (A B, B A, ...):
+    a machine whose speed drifts during the benchmark favours neither the first nor the last."""
+    for n in range(rounds):
+        yield from items if n % 2 == 0 else reversed(items)
 
 
 def paired_ratios(values: Sequence[float], bases: Sequence[float]) -> list[float]:

@@ -1,7 +1,8 @@
 """Saturated throughput scenarios: ceiling (proxy cost), app (proxy in front of FastAPI), embedded.
 
-Each target is measured in alternating rounds (A, B, A, B) so slow drift of a
-noisy machine hits both sides alike; cells show the median and the range.
+Each target is measured once per round, the order flipped every other round (A B, B A:
+``report.in_turn``), so slow drift of a noisy machine favours neither side; cells show
+the median and the range.
 """
 
 from __future__ import annotations
@@ -11,7 +12,17 @@ from pathlib import Path
 
 from bench import nginx, wrk
 from bench.procs import PURE, Proc, processes, start_sidecar, start_uvicorn
-from bench.report import Timing, median, ms, paired_ratios, ratio, spread, table, verdict
+from bench.report import (
+    Timing,
+    in_turn,
+    median,
+    ms,
+    paired_ratios,
+    ratio,
+    spread,
+    table,
+    verdict,
+)
 
 DEMO = "asgi_sidecar.demo:app"
 THINK_MS = 10
@@ -71,9 +82,8 @@ def ceiling(workdir: Path, t: Timing) -> str:
             targets.append(Target(label, side_port, side))
         ngx, ngx_port = nginx.start_proxy(procs, "nginx-proxy", upstream, core=0)
         targets.append(Target("nginx", ngx_port, ngx))
-        for _ in range(t.rounds):
-            for target in targets:
-                measure(target, t, workdir, core=1, connections=64)
+        for target in in_turn(targets, t.rounds):
+            measure(target, t, workdir, core=1, connections=64)
     peer = targets[-1]
     rows = [
         [x.name, spread(x.rps), ms(median(x.p50)), ms(median(x.p99)),
@@ -95,7 +105,8 @@ def ceiling(workdir: Path, t: Timing) -> str:
             "## ceiling: proxy in front of a very fast upstream (nginx `return 200`)",
             "",
             f"Pinning: proxy on core 0; upstream nginx and wrk (-t1 -c64) on core 1. "
-            f"{t.rounds} alternating rounds of {t.seconds:.0f} s; req/s is median (min-max). "
+            f"{t.rounds} rounds of {t.seconds:.0f} s, the order flipped each round; req/s is "
+            "median (min-max). "
             "CPU µs/req: utime+stime of all the proxy's processes over the run / requests.",
             f"Sidecar flags: `{' '.join(SIDECAR_FULL)}` (metrics on); compiled is the mypyc "
             "build, pure the same code as Python (`ASGI_SIDECAR_PURE=1`). Proxy core busy = "
@@ -138,16 +149,14 @@ def app(workdir: Path, t: Timing) -> str:
             Target("asgi-sidecar pure -> uvicorn", pure_port, pure),
         ]
         low = [Target(x.name, x.port, x.proxy) for x in sat]
-        for _ in range(t.rounds):
-            for x in sat:
-                measure(x, t, workdir, core=0, connections=64)
+        for x in in_turn(sat, t.rounds):
+            measure(x, t, workdir, core=0, connections=64)
         # Half load at a fixed rate: each connection pauses THINK_MS before each request,
         # so N connections offer about N / THINK_MS whatever the latency (wrk2-like).
         base_sat = median(sat[0].rps)
         half = max(1, round(base_sat / 2 * THINK_MS / 1000))
-        for _ in range(t.rounds):
-            for x in low:
-                measure(x, t, workdir, core=0, connections=half, delay_ms=THINK_MS)
+        for x in in_turn(low, t.rounds):
+            measure(x, t, workdir, core=0, connections=half, delay_ms=THINK_MS)
     base_low = low[0]
     rows = []
     verdicts = []
@@ -179,7 +188,7 @@ def app(workdir: Path, t: Timing) -> str:
             f"-c{half} with a {THINK_MS} ms pause before each request (about half the direct "
             "saturated rate, the same offered rate on every path; achieved req/s and its "
             "share of direct saturation shown); wrk latency excludes the pause. "
-            f"{t.rounds} alternating rounds of {t.seconds:.0f} s, medians.",
+            f"{t.rounds} rounds of {t.seconds:.0f} s, the order flipped each round; medians.",
             "",
             table(
                 [
@@ -211,11 +220,8 @@ def embedded(workdir: Path, t: Timing) -> str:
             Target("uvicorn " + DEMO, plain_port),
             Target("asgi-sidecar serve --limit-concurrency 1000", side_port),
         ]
-        for n in range(t.rounds):
-            # ABBA: the order flips each round, so a drift in the machine's speed does not
-            # favour whichever server runs second.
-            for x in targets if n % 2 == 0 else targets[::-1]:
-                measure(x, t, workdir, core=0, connections=64)
+        for x in in_turn(targets, t.rounds):
+            measure(x, t, workdir, core=0, connections=64)
     base = median(targets[0].rps)
     rows = [
         [x.name, spread(x.rps), ratio(median(x.rps), base), ms(median(x.p50)),

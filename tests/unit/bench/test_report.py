@@ -1,6 +1,6 @@
 import pytest
 
-from bench.report import paired_ratios
+from bench.report import in_turn, paired_ratios
 
 
 def test_paired_ratios_divide_round_by_round():
@@ -11,3 +11,8 @@ def test_paired_ratios_divide_round_by_round():
 def test_paired_ratios_need_as_many_rounds_of_each(values, bases):
     with pytest.raises(ValueError, match="as many rounds"):
         paired_ratios(values, bases)
+
+
+def test_in_turn_flips_the_order_every_other_round():
+    assert list(in_turn("abc", 3)) == list("abccbaabc")
+    assert list(in_turn("ab", 0)) == []
