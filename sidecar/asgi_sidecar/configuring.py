@@ -83,9 +83,8 @@ def _parse_document(text: str, source: str) -> Any:
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
-    except (ValueError, RecursionError) as exc:  # PyYAML's constructors raise these bare
+    # PyYAML's constructors raise ValueError and RecursionError bare, not as YAMLError.
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
         raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
 
 

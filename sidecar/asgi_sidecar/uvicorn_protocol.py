@@ -81,7 +81,8 @@ class GuardedProtocol(HttpToolsProtocol):
     """
 
     # Slots, not instance attributes: uvicorn's protocol sets 28 of its own, and CPython
-    # 3.11 shares one key table among a class's instances for at most 30.  Past that, every
+    # 3.11 shares one key table among a class's instances for at most 29 names (30 entries,
+    # one taken per instance made; tests/unit/test_embedding.py).  Past that, every
     # connection got a dict of its own and each of uvicorn's attribute reads a slower path.
     __slots__ = ("_close_reason", "_idle_since", "_served")
 

@@ -131,16 +131,23 @@ def test_a_body_still_coming_after_an_early_answer_is_never_read_as_requests(tmp
         assert sc.metric("asgi_requests_total", 'code="200"') == 2
 
 
+def _answered_with_the_next_head_half_read(port: int, slow: float) -> Conn:
+    """A request taking ``slow`` s, the next one's head begun before its response ends:
+    the connection once that response has been read."""
+    conn = Conn(port)
+    conn.send(f"/slow?s={slow}")
+    conn.sock.sendall(b"GET /echo HTTP/1.1\r\nHo")
+    assert conn.read_response().status == 200
+    return conn
+
+
 def test_a_head_already_coming_when_a_response_ends_keeps_its_header_deadline(tmp_path):
     # The next request's first bytes arrive while the first response is still being made.
     # When that response ends, the connection is not idle: its half-read head is under the
     # header timeout (10 s), not the keep-alive (0.5 s).
     args = (*APP, "--timeout-keep-alive", "0.5", "--header-timeout", "10")
     with sidecar(0, *args, tmp_path=tmp_path, command="serve") as sc:
-        conn = Conn(sc.port)
-        conn.send("/slow?s=0.3")
-        conn.sock.sendall(b"GET /echo HTTP/1.1\r\nHo")
-        assert conn.read_response().status == 200
+        conn = _answered_with_the_next_head_half_read(sc.port, slow=0.3)
         time.sleep(1.2)  # past the keep-alive
         conn.sock.sendall(b"st: x\r\n\r\n")
         assert conn.read_response().status == 200
@@ -152,10 +159,7 @@ def test_a_head_already_coming_when_a_response_ends_still_times_out_at_its_deadl
     # answers 408 to a pipelined head that stops half way, once the first response has ended.
     args = (*APP, "--timeout-keep-alive", "10", "--header-timeout", "0.5")
     with sidecar(0, *args, tmp_path=tmp_path, command="serve") as sc:
-        conn = Conn(sc.port)
-        conn.send("/slow?s=0.2")
-        conn.sock.sendall(b"GET /echo HTTP/1.1\r\nHo")
-        assert conn.read_response().status == 200
+        conn = _answered_with_the_next_head_half_read(sc.port, slow=0.2)
         assert conn.read_response().status == 408
         assert conn.wait_closed(5) is not None
         assert sc.metric("asgi_requests_rejected_total", 'reason="header_timeout"') == 1
