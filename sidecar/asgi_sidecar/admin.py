@@ -14,8 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import CollectorRegistry
+from asgi_sidecar.exposition import CONTENT_TYPE
 
 log = logging.getLogger("asgi_sidecar.admin")
 
@@ -39,12 +38,12 @@ MAX_DRAIN_SECONDS = 300.0
 class AdminServer:
     def __init__(
         self,
-        registry: CollectorRegistry,
+        metrics: Callable[[], bytes],
         readiness: Readiness,
         drain: Drain | None = None,
         drain_token: Callable[[], str | None] = lambda: None,
     ) -> None:
-        self._registry = registry
+        self._metrics = metrics
         self._readiness = readiness
         self._drain = drain
         self._drain_token = drain_token
@@ -70,7 +69,7 @@ class AdminServer:
         if path == "/drain" and self._drain is not None:
             return await self._drain_route(query, headers or {})
         if path == "/metrics":
-            return Reply(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
+            return Reply(200, self._metrics(), CONTENT_TYPE)
         if path == "/healthz":
             return Reply(200, b"ok\n")
         if path == "/readyz":

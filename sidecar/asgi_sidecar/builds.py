@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 # The request path and what it calls, compiled together (one shared library).  Not here:
-# settings (pydantic), metrics (prometheus-client), the CLI and process modules, and
-# embedding, which subclasses uvicorn's classes.
+# settings (pydantic), metrics and its exposition (read at scrape time), the CLI and
+# process modules, and embedding, which subclasses uvicorn's classes.
 COMPILED: Final = (
     "adapting",
     "admitting",

@@ -1,8 +1,8 @@
 """Prometheus metrics of the sidecar, built at scrape time from ``Stats`` and live gauges.
 
-The sidecar uses its own registry, never prometheus_client's global one, so
-embedding it (``asgi-sidecar serve``) next to an app that exports its own
-metrics cannot clash.  Names follow Prometheus conventions: base units,
+They are written by ``exposition`` on the sidecar's own metrics port, never into
+prometheus_client's global registry, so embedding it (``asgi-sidecar serve``) next to an
+app that exports its own metrics cannot clash.  Names follow Prometheus conventions: base units,
 ``_total`` for counters; ``promtool check metrics`` runs on a real scrape in the
 tests.  Every metric is listed, with its meaning, in README.md.
 """
@@ -12,17 +12,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Final
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector, CollectorRegistry
-
+from asgi_sidecar import exposition
+from asgi_sidecar.exposition import Family, by_label, counter, gauge
 from asgi_sidecar.stats import Histogram, Stats
+
+# Settings whose values a scrape must not show (anyone who can reach /metrics could
+# otherwise drain the Pod with the token).
+SECRET_SETTINGS: Final = frozenset({"drain_token"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,47 +46,46 @@ class Gauges:
     adaptive_baseline: float | None = None  # seconds; None until measured
 
 
-def _gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
+def _gauge(name: str, doc: str, value: float | None) -> Iterator[Family]:
     if value is not None:
-        yield GaugeMetricFamily(name, doc, value=value)
+        yield gauge(name, doc, value)
 
 
-def _histogram(name: str, doc: str, hist: Histogram) -> Metric:
+def _histogram(name: str, doc: str, hist: Histogram) -> Family:
     buckets = [("+Inf" if math.isinf(b) else repr(b), c) for b, c in hist.cumulative()]
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=hist.sum)
+    return exposition.histogram(name, doc, buckets, hist.sum)
 
 
-def _counter_by(name: str, doc: str, label: str, values: dict[str, int]) -> Metric:
-    family = CounterMetricFamily(name, doc, labels=[label])
-    for key in sorted(values):
-        family.add_metric([key], values[key])
-    return family
+def _counter_by(name: str, doc: str, label: str, values: dict[str, int]) -> Family:
+    return by_label("counter", name, doc, label, values)
 
 
-class SidecarCollector(Collector):
+class SidecarCollector:
+    """Every metric of one sidecar process, read from its stats and gauges when scraped."""
+
     def __init__(
-        self,
-        stats: Stats,
-        gauges: Callable[[], Gauges],
-        info: Callable[[], dict[str, str]],
-        extra: Callable[[], Iterator[Metric]] | None = None,
+        self, stats: Stats, gauges: Callable[[], Gauges], info: Callable[[], dict[str, str]]
     ) -> None:
         self._stats = stats
         self._gauges = gauges
         self._info = info
-        self._extra = extra
 
-    def collect(self) -> Iterator[Metric]:
+    def scrape(self) -> bytes:
+        """The body of GET /metrics (``exposition.CONTENT_TYPE``)."""
+        return exposition.render(self.collect())
+
+    def collect(self) -> Iterator[Family]:
         s = self._stats
         g = self._gauges()
-        connections = GaugeMetricFamily(
-            "asgi_connections", "Open client connections by state.", labels=["state"]
+        yield by_label(
+            "gauge",
+            "asgi_connections",
+            "Open client connections by state.",
+            "state",
+            {"active": g.connections_active, "idle": g.connections_idle},
         )
-        connections.add_metric(["active"], g.connections_active)
-        connections.add_metric(["idle"], g.connections_idle)
-        yield connections
-        yield CounterMetricFamily(
-            "asgi_connections_opened", "Client connections accepted.", value=s.connections_opened
+        yield counter(
+            "asgi_connections_opened", "Client connections accepted.", s.connections_opened
         )
         yield _counter_by(
             "asgi_connections_closed",
@@ -96,10 +93,10 @@ class SidecarCollector(Collector):
             "reason",
             dict(s.connections_closed),
         )
-        yield GaugeMetricFamily(
+        yield gauge(
             "asgi_requests_in_flight",
             "Requests holding a concurrency slot (sent to the app, response not finished).",
-            value=g.in_flight,
+            g.in_flight,
         )
         yield _counter_by(
             "asgi_requests",
@@ -121,10 +118,10 @@ class SidecarCollector(Collector):
             "reason",
             dict(s.rejected),
         )
-        yield CounterMetricFamily(
+        yield counter(
             "asgi_keepalive_reused_requests",
             "Requests that arrived on a connection that had already served one.",
-            value=s.keepalive_reused,
+            s.keepalive_reused,
         )
         yield _histogram(
             "asgi_idle_gap_seconds",
@@ -178,10 +175,10 @@ class SidecarCollector(Collector):
             "Connections in the public socket's accept queue, not yet accepted.",
             g.accept_queue,
         )
-        yield CounterMetricFamily(
+        yield counter(
             "asgi_accept_queue_full_seconds",
             "Time the public socket's accept queue was at least 90% full (sampled every 0.1 s).",
-            value=s.accept_queue_full_seconds,
+            s.accept_queue_full_seconds,
         )
         yield from _gauge(
             "asgi_net_core_somaxconn",
@@ -189,17 +186,17 @@ class SidecarCollector(Collector):
             g.somaxconn,
         )
         if g.listen_overflows is not None:
-            yield CounterMetricFamily(
+            yield counter(
                 "asgi_listen_overflows",
                 "TcpExt ListenOverflows of the Pod's network namespace: SYNs dropped because"
                 " an accept queue was full (retransmissions count again; read as a rate).",
-                value=g.listen_overflows,
+                g.listen_overflows,
             )
         if g.listen_drops is not None:
-            yield CounterMetricFamily(
+            yield counter(
                 "asgi_listen_drops",
                 "TcpExt ListenDrops of the Pod's network namespace.",
-                value=g.listen_drops,
+                g.listen_drops,
             )
         yield _counter_by(
             "asgi_upstream_errors",
@@ -207,38 +204,34 @@ class SidecarCollector(Collector):
             "reason",
             dict(s.upstream_errors),
         )
-        upstream = GaugeMetricFamily(
-            "asgi_upstream_connections", "Connections to the app, by state.", labels=["state"]
+        yield by_label(
+            "gauge",
+            "asgi_upstream_connections",
+            "Connections to the app, by state.",
+            "state",
+            {"idle": g.upstream_idle, "active": g.upstream_connections - g.upstream_idle},
         )
-        upstream.add_metric(["idle"], g.upstream_idle)
-        upstream.add_metric(["active"], g.upstream_connections - g.upstream_idle)
-        yield upstream
         yield _counter_by(
             "asgi_config_reloads",
             "Config file reloads, by result (applied, invalid).",
             "result",
             dict(s.config_reloads),
         )
-        yield GaugeMetricFamily(
-            "asgi_ready", "1 while the sidecar reports ready, 0 while draining.", value=g.ready
+        yield gauge("asgi_ready", "1 while the sidecar reports ready, 0 while draining.", g.ready)
+        yield exposition.info(
+            "asgi_sidecar", "Version and effective settings of the sidecar.", self._info()
         )
-        info = InfoMetricFamily("asgi_sidecar", "Version and effective settings of the sidecar.")
-        info.add_metric([], self._info())
-        yield info
-        if self._extra is not None:
-            yield from self._extra()
-
-
-def make_registry(collector: Collector) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return registry
 
 
 def settings_info(
     settings_dump: dict[str, object], mode: str, version: str, build: str
 ) -> dict[str, str]:
+    """The labels of asgi_sidecar_info: every setting, except that a secret's value is
+    never exported (``set`` or empty), and the version, mode and build."""
     labels = {"version": version, "mode": mode, "build": build}
     for key, value in settings_dump.items():
-        labels[key] = "" if value is None else str(value)
+        if value is None:
+            labels[key] = ""
+        else:
+            labels[key] = "set" if key in SECRET_SETTINGS else str(value)
     return labels

@@ -20,7 +20,7 @@ from typing import Any, Final, Protocol
 
 from asgi_sidecar import __version__, builds
 from asgi_sidecar.admin import AdminServer
-from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
+from asgi_sidecar.metrics import Gauges, SidecarCollector, settings_info
 from asgi_sidecar.reloading import ConfigWatcher
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats, count
@@ -122,9 +122,9 @@ async def run(
     def info() -> dict[str, str]:
         return settings_info(server.settings.model_dump(), server.mode, __version__, build)
 
-    registry = make_registry(SidecarCollector(server.stats, server.gauges, info))
+    collector = SidecarCollector(server.stats, server.gauges, info)
     admin = AdminServer(
-        registry, server.readiness, server.begin_drain, lambda: server.settings.drain_token
+        collector.scrape, server.readiness, server.begin_drain, lambda: server.settings.drain_token
     )
     settings = server.settings
     try:

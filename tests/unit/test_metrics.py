@@ -1,9 +1,7 @@
 import dataclasses
 from pathlib import Path
 
-from prometheus_client.exposition import generate_latest
-
-from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry, settings_info
+from asgi_sidecar.metrics import Gauges, SidecarCollector, settings_info
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Histogram, Stats
 from tests.support.metrics import samples
@@ -33,8 +31,7 @@ GAUGES = Gauges(
 
 def scrape(stats: Stats) -> str:
     info = settings_info(SidecarSettings().model_dump(), "proxy", "0.1.0", "compiled")
-    registry = make_registry(SidecarCollector(stats, lambda: GAUGES, lambda: info))
-    return generate_latest(registry).decode()
+    return SidecarCollector(stats, lambda: GAUGES, lambda: info).scrape().decode()
 
 
 def sample(text: str, key: str) -> float:
@@ -80,14 +77,10 @@ def test_every_metric_and_setting_is_documented_in_the_readme():
 def test_adaptive_gauges_are_exported_and_documented():
     gauges = dataclasses.replace(GAUGES, adaptive_limit=42, adaptive_baseline=0.012)
     info = settings_info(SidecarSettings().model_dump(), "proxy", "0.1.0", "compiled")
-    text = generate_latest(
-        make_registry(SidecarCollector(Stats(), lambda: gauges, lambda: info))
-    ).decode()
+    text = SidecarCollector(Stats(), lambda: gauges, lambda: info).scrape().decode()
     assert sample(text, "asgi_adaptive_limit") == 42
     assert sample(text, "asgi_adaptive_baseline_seconds") == 0.012
-    plain = generate_latest(
-        make_registry(SidecarCollector(Stats(), lambda: GAUGES, lambda: info))
-    ).decode()
+    plain = SidecarCollector(Stats(), lambda: GAUGES, lambda: info).scrape().decode()
     assert "asgi_adaptive_limit" not in plain
     readme = README.read_text()
     for name in ("asgi_adaptive_limit", "asgi_adaptive_baseline_seconds"):
@@ -101,3 +94,13 @@ def test_a_histogram_counts_each_value_in_the_first_bucket_whose_bound_it_does_n
     assert histogram.counts == [2, 2, 2, 2]  # the last bucket is +Inf
     assert histogram.cumulative() == [(0.1, 2), (1.0, 4), (10.0, 6), (float("inf"), 8)]
     assert histogram.count == 8
+
+
+def test_the_drain_token_is_never_exported():
+    token = "a-secret-token-of-32-characters!"
+    info = settings_info(SidecarSettings(drain_token=token).model_dump(), "proxy", "0", "pure")
+    text = SidecarCollector(Stats(), lambda: GAUGES, lambda: info).scrape().decode()
+    assert token not in text
+    assert 'drain_token="set"' in text
+    unset = settings_info(SidecarSettings().model_dump(), "proxy", "0", "pure")
+    assert unset["drain_token"] == ""

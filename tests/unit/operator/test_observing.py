@@ -2,10 +2,8 @@
 
 from dataclasses import replace
 
-from prometheus_client.exposition import generate_latest
-
 from asgi_operator.observing import observe, parse_metrics, quantile, share_above
-from asgi_sidecar.metrics import Gauges, SidecarCollector, make_registry
+from asgi_sidecar.metrics import Gauges, SidecarCollector
 from asgi_sidecar.stats import Stats
 
 GAUGES = Gauges(
@@ -17,8 +15,7 @@ GAUGES = Gauges(
 
 
 def text(stats: Stats, gauges: Gauges = GAUGES) -> str:
-    registry = make_registry(SidecarCollector(stats, lambda: gauges, dict))
-    return generate_latest(registry).decode()
+    return SidecarCollector(stats, lambda: gauges, dict).scrape().decode()
 
 
 def test_parse_reads_the_sidecar_exposition():
