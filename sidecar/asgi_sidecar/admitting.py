@@ -14,8 +14,8 @@ from typing import Final, Generic, TypeVar
 
 from asgi_sidecar.adapting import UPDATE_INTERVAL, AdaptiveLimit
 from asgi_sidecar.limiting import ConcurrencyLimiter
-from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
+from asgi_sidecar.validated import ValidSettings
 
 W = TypeVar("W")
 
@@ -23,7 +23,7 @@ QUEUED: Final = "queued"  # what ``queue`` says when it did not refuse
 
 
 def adaptive_limit(
-    settings: SidecarSettings, old: AdaptiveLimit | None = None
+    settings: ValidSettings, old: AdaptiveLimit | None = None
 ) -> AdaptiveLimit | None:
     """The adaptive limit ``settings`` ask for, keeping ``old`` (and what it learnt) if any.
 
@@ -55,7 +55,7 @@ class Admission(Generic[W]):
 
     def __init__(
         self,
-        settings: SidecarSettings,
+        settings: ValidSettings,
         stats: Stats,
         clock: Callable[[], float],
         wake: Callable[[W], bool],
@@ -125,7 +125,7 @@ class Admission(Generic[W]):
             if limit is not None:
                 self._reconfigure(limit)
 
-    def apply(self, settings: SidecarSettings) -> None:
+    def apply(self, settings: ValidSettings) -> None:
         """New settings: a new limit and queue at once (waiters a higher limit admits wake)."""
         self.settings = settings
         self.adaptive = adaptive_limit(settings, self.adaptive)

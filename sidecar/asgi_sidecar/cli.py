@@ -1,24 +1,20 @@
 """Command line: ``asgi-sidecar proxy|serve|sysctl|check-config``.
 
-Every settings flag is generated from ``SidecarSettings`` (name, help text), so
-flags, environment variables (``ASGI_SIDECAR_<FIELD>``) and the config file can
-never drift apart.
+The flags are ``parsing``'s, generated from ``SidecarSettings``.  ``proxy`` and ``serve``
+are parsed and validated in a child process (``validating``), so the process that goes
+on to serve never imports the model or pydantic.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import os
 import sys
-from pathlib import Path
-from typing import Any
 
-from asgi_sidecar import __version__, builds
-from asgi_sidecar.configuring import ConfigError, dump_settings, load_settings
-from asgi_sidecar.settings import SidecarSettings, is_nullable
+from asgi_sidecar import validating
+from asgi_sidecar.validated import ConfigError
 
 log = logging.getLogger("asgi_sidecar")
 
@@ -47,64 +43,58 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "settings", "each also ASGI_SIDECAR_<NAME> in the environment or <camelName> in --config"
-    )
-    for name, field in SidecarSettings.model_fields.items():
-        default = field.default
-        switch = isinstance(default, bool)  # --adaptive alone means true
-        group.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=argparse.SUPPRESS,
-            metavar=name.upper() if not switch else "true|false",
-            nargs="?" if switch else None,
-            const="true" if switch else None,
-            help=f"{field.description} (default: {default})",
-        )
-    parser.add_argument("--config", type=Path, help="YAML or JSON settings file, reloaded live")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
-    parser.add_argument("--log-format", default="plain", choices=["plain", "json"])
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="asgi-sidecar",
-        description="HTTP/1.1 front server for ASGI apps: keep-alive, limits, backlog, metrics.",
-    )
-    parser.add_argument(
-        "--version", action="version", version=f"asgi-sidecar {__version__} ({builds.describe()})"
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    proxy = commands.add_parser("proxy", help="proxy to an app listening on --upstream")
-    _add_settings_flags(proxy)
-    serve = commands.add_parser("serve", help="run an ASGI app in-process (uvicorn) with limits")
-    serve.add_argument("app", help="the application as module:attribute")
-    serve.add_argument("--app-dir", default=".", help="directory added to sys.path for the app")
-    _add_settings_flags(serve)
-    check = commands.add_parser("check-config", help="validate a settings file and print it")
-    check.add_argument("file", type=Path)
-    sysctl = commands.add_parser(
-        "sysctl", help="write sysctls in this network namespace (for a privileged init container)"
-    )
-    sysctl.add_argument("assignments", nargs="+", metavar="NAME=VALUE")
-    return parser
-
-
-def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    values = {}
-    for name in SidecarSettings.model_fields:
-        if name in vars(args):
-            raw = getattr(args, name)
-            nullable = is_nullable(name)
-            values[name] = None if nullable and raw.lower() in ("none", "null") else raw
-    return values
+def _serves(argv: list[str]) -> bool:
+    """``proxy`` or ``serve``, not asking for help."""
+    return argv[:1] in (["proxy"], ["serve"]) and not {"-h", "--help"} & set(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not _serves(argv):
+        return _run_command(argv)
+    # The serving process imports neither pydantic nor the model: a child validates.
+    startup = validating.at_startup(argv)
+    if isinstance(startup, int):
+        return startup
+    setup_logging(startup.log_level, startup.log_format)
+    _raise_open_file_limit()
+    _install_uvloop()
+    try:
+        if startup.command == "proxy":
+            from asgi_sidecar.serving import run_proxy
+
+            return asyncio.run(
+                run_proxy(
+                    startup.settings,
+                    config_path=startup.config,
+                    environ=os.environ,
+                    flags=startup.flags,
+                )
+            )
+        from asgi_sidecar.embedding import run_embedded
+
+        assert startup.app is not None  # serve's argument
+        return asyncio.run(
+            run_embedded(
+                startup.app,
+                startup.settings,
+                app_dir=startup.app_dir,
+                config_path=startup.config,
+                environ=os.environ,
+                flags=startup.flags,
+            )
+        )
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+
+
+def _run_command(argv: list[str]) -> int:
+    """check-config, sysctl, --help and --version: they exit at once, so they may import
+    the model."""
+    from asgi_sidecar.configuring import dump_settings, load_settings
+    from asgi_sidecar.parsing import build_parser
+
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         try:
@@ -124,37 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"asgi-sidecar sysctl: {exc}", file=sys.stderr)
             return 1
         return 0
-    setup_logging(args.log_level, args.log_format)
-    flags = _flags(args)
-    try:
-        settings = load_settings(args.config, os.environ, flags)
-    except ConfigError as exc:
-        print(f"asgi-sidecar: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
-    _raise_open_file_limit()
-    _install_uvloop()
-    try:
-        if args.command == "proxy":
-            from asgi_sidecar.serving import run_proxy
-
-            return asyncio.run(
-                run_proxy(settings, config_path=args.config, environ=os.environ, flags=flags)
-            )
-        from asgi_sidecar.embedding import run_embedded
-
-        return asyncio.run(
-            run_embedded(
-                args.app,
-                settings,
-                app_dir=args.app_dir,
-                config_path=args.config,
-                environ=os.environ,
-                flags=flags,
-            )
-        )
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
+    # What the parser let through is proxy or serve asking for help, which exits above.
+    raise AssertionError(f"unexpected command {args.command!r}")  # pragma: no cover
 
 
 def _raise_open_file_limit() -> None:

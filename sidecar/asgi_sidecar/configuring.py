@@ -18,13 +18,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from asgi_sidecar.settings import SidecarSettings, is_nullable
+from asgi_sidecar.validated import ConfigError
 
 ENV_PREFIX = "ASGI_SIDECAR_"
 _NULL_WORDS = frozenset({"", "none", "null"})
-
-
-class ConfigError(ValueError):
-    """Settings that cannot be used, with a message naming the field and the source."""
 
 
 def _field_names() -> dict[str, str]:

@@ -45,10 +45,10 @@ from asgi_sidecar.guarding import AdmissionMiddleware, ASGIApp, Guard
 from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
 from asgi_sidecar.metrics import Gauges
 from asgi_sidecar.running import run
-from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats
 from asgi_sidecar.tracking import REST_AFTER, SWEEP_INTERVAL
 from asgi_sidecar.uvicorn_protocol import GuardedProtocol, tracked_websockets
+from asgi_sidecar.validated import ValidSettings
 
 log = logging.getLogger("asgi_sidecar")
 
@@ -67,7 +67,7 @@ class EmbeddedServer:
     mode: Final = "embedded"
 
     def __init__(
-        self, target: str, app: ASGIApp, settings: SidecarSettings, loop: asyncio.AbstractEventLoop
+        self, target: str, app: ASGIApp, settings: ValidSettings, loop: asyncio.AbstractEventLoop
     ) -> None:
         self.settings = settings
         self.loop = loop
@@ -150,7 +150,7 @@ class EmbeddedServer:
 
     # -- settings and deadlines -------------------------------------------------------------
 
-    def apply(self, new: SidecarSettings) -> None:
+    def apply(self, new: ValidSettings) -> None:
         old, self.settings = self.settings, new
         self.guard.apply(new)
         self.admission.apply(new)
@@ -212,7 +212,7 @@ def load_app(target: str, app_dir: str) -> ASGIApp:
 
 async def run_embedded(
     target: str,
-    settings: SidecarSettings,
+    settings: ValidSettings,
     *,
     app_dir: str = ".",
     config_path: Path | None = None,

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from asgi_sidecar.admitting import Admission
     from asgi_sidecar.framing import ResponseHead
     from asgi_sidecar.livesettings import LiveSettings
-    from asgi_sidecar.settings import SidecarSettings
     from asgi_sidecar.stats import Stats
+    from asgi_sidecar.validated import ValidSettings
 
 # Reasons a client connection stops reading; reading resumes when none is left.
 PAUSE_BODY: Final = 1  # body buffered while the request waits for a slot or a connection
@@ -190,7 +190,7 @@ class Core:
     close_after_response: bool  # draining or shutting down: responses close their connection
     stopping: bool  # the listener closed: a finished response closes its connection
 
-    settings: SidecarSettings
+    settings: ValidSettings
     live: LiveSettings  # the fields of ``settings`` read per request, as native attributes
 
     def opened(self, conn: Connection) -> None:

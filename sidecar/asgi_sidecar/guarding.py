@@ -23,8 +23,8 @@ from asgi_sidecar.tracking import Deadlines
 
 if TYPE_CHECKING:
     from asgi_sidecar.admitting import Admission
-    from asgi_sidecar.settings import SidecarSettings
     from asgi_sidecar.stats import Stats
+    from asgi_sidecar.validated import ValidSettings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -46,7 +46,7 @@ class Guard(Generic[C, W]):
 
     def __init__(
         self,
-        settings: SidecarSettings,
+        settings: ValidSettings,
         stats: Stats,
         admission: Admission[W],
         clock: Callable[[], float],
@@ -59,7 +59,7 @@ class Guard(Generic[C, W]):
         self.idle: Deadlines[C] = Deadlines()
         self.heads: Deadlines[C] = Deadlines()
 
-    def apply(self, settings: SidecarSettings) -> None:
+    def apply(self, settings: ValidSettings) -> None:
         """New settings, live: new deadlines follow them (the caller marks the old ones)."""
         self.settings = settings
         self.live = LiveSettings(settings)

@@ -16,7 +16,7 @@ from asgi_sidecar.metrics import Gauges
 
 if TYPE_CHECKING:
     from asgi_sidecar.admitting import Admission
-    from asgi_sidecar.settings import SidecarSettings
+    from asgi_sidecar.validated import ValidSettings
 
 log = logging.getLogger("asgi_sidecar")
 
@@ -59,7 +59,7 @@ def measure_backlog(listener: socket.socket, requested: int) -> int:
 
 
 def read_gauges(
-    settings: SidecarSettings,
+    settings: ValidSettings,
     *,
     listener: socket.socket | None,
     effective_backlog: int,

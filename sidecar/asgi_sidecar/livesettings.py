@@ -1,11 +1,11 @@
 """The settings the request path reads, as native attributes of a compiled class.
 
-``SidecarSettings`` (pydantic) stays the one model of every setting.  Reading one of its
-fields from compiled code goes through the model's ``__getattr__`` hook: a type lookup
-and a generic attribute call, about 400 instructions, against a few for an attribute
-of this class.  The proxy core, its upstream pool and embedded mode's guard each hold a
-``LiveSettings`` made from the current model, and make a new one whenever settings are
-applied, so both always say the same.
+``ValidSettings`` holds every setting; it is a plain class, not compiled, so reading one
+of its fields from compiled code is a generic attribute lookup (a type lookup and a slot
+descriptor call), where an attribute of this class costs a few instructions.  The proxy
+core, its upstream pool and embedded mode's guard each hold a ``LiveSettings`` made from
+the current settings, and make a new one whenever settings are applied, so both always
+say the same.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from asgi_sidecar.settings import SidecarSettings
+    from asgi_sidecar.validated import ValidSettings
 
 
 class LiveSettings:
-    """The fields of ``SidecarSettings`` read per request or per connection."""
+    """The fields of ``ValidSettings`` read per request or per connection."""
 
-    def __init__(self, settings: SidecarSettings) -> None:
+    def __init__(self, settings: ValidSettings) -> None:
         self.timeout_keep_alive: float = settings.timeout_keep_alive
         self.header_timeout: float = settings.header_timeout
         self.body_timeout: float = settings.body_timeout

@@ -3,7 +3,8 @@
 Kubernetes updates a mounted ConfigMap by swapping a symlink, so the file is
 polled by content rather than watched by inode.  A file that fails to parse or
 validate is logged and counted, and the running settings stay as they were:
-a broken ConfigMap never takes the sidecar down.
+a broken ConfigMap never takes the sidecar down.  The new text is validated in a child
+process (``validating.on_reload``) while the event loop goes on serving.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from asgi_sidecar.configuring import ConfigError, build_settings, parse_config_text
-from asgi_sidecar.settings import SidecarSettings
+from asgi_sidecar import validating
+from asgi_sidecar.validated import ConfigError, ValidSettings
 
 log = logging.getLogger("asgi_sidecar.reload")
 
@@ -28,7 +29,7 @@ class ConfigWatcher:
         path: Path,
         environ: Mapping[str, str],
         flags: Mapping[str, Any],
-        apply: Callable[[SidecarSettings], object],
+        apply: Callable[[ValidSettings], object],
         count: Callable[[str], None],
         interval: float = POLL_INTERVAL,
     ) -> None:
@@ -46,16 +47,20 @@ class ConfigWatcher:
         except OSError:
             return None
 
-    def check(self) -> SidecarSettings | None:
+    async def check(self) -> ValidSettings | None:
         """Reload if the file changed; returns the applied settings, if any."""
         content = self._read()
         if content is None or content == self._last:
             return None
         self._last = content
+        source = f"config file {self._path}"
         try:
-            values = parse_config_text(content.decode("utf-8"), f"config file {self._path}")
-            settings = build_settings(file_values=values, environ=self._environ, flags=self._flags)
-        except (ConfigError, UnicodeDecodeError) as exc:
+            try:
+                text = content.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError(f"{source}: not UTF-8 text") from None
+            settings = await validating.on_reload(text, source, self._environ, self._flags)
+        except ConfigError as exc:
             log.error("config reload refused, keeping the running settings:\n%s", exc)
             self._count("invalid")
             return None
@@ -67,6 +72,6 @@ class ConfigWatcher:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                self.check()
+                await self.check()
             except Exception:  # pragma: no cover - keep watching whatever happens
                 log.exception("config reload failed")

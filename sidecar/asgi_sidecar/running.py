@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -22,8 +22,8 @@ from asgi_sidecar import __version__, builds
 from asgi_sidecar.admin import AdminServer
 from asgi_sidecar.metrics import Gauges, SidecarCollector, settings_info
 from asgi_sidecar.reloading import ConfigWatcher
-from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.stats import Stats, count
+from asgi_sidecar.validated import ValidSettings
 
 log = logging.getLogger("asgi_sidecar")
 
@@ -37,7 +37,7 @@ class Server(Protocol):
     def mode(self) -> str:
         """The ``mode`` label of asgi_sidecar_info."""
 
-    settings: SidecarSettings
+    settings: ValidSettings
     stats: Stats
     ready: bool
 
@@ -53,7 +53,7 @@ class Server(Protocol):
     async def readiness(self) -> tuple[bool, str]: ...
     def gauges(self) -> Gauges: ...
 
-    def apply(self, new: SidecarSettings) -> None:
+    def apply(self, new: ValidSettings) -> None:
         """Apply reloaded settings (restart-only fields already kept at their old values)."""
 
     def begin_drain(self, seconds: float) -> None:
@@ -70,29 +70,20 @@ class Server(Protocol):
         """Close everything at once (start-up failed)."""
 
 
-def live_settings(old: SidecarSettings, new: SidecarSettings) -> SidecarSettings:
+def live_settings(old: ValidSettings, new: ValidSettings) -> ValidSettings:
     """``new`` with the fields only a restart can change kept at their ``old`` values."""
     ignored = old.restart_only_changes(new)
     if not ignored:
         return new
     log.warning("settings %s change only on restart; keeping the old values", ignored)
-    return new.model_copy(update={f: getattr(old, f) for f in ignored})
+    return new.replace({f: getattr(old, f) for f in ignored})
 
 
-def describe_changes(old: SidecarSettings, new: SidecarSettings) -> str:
-    diffs: Iterable[str] = (
-        f"{name} {getattr(old, name)!r} -> {getattr(new, name)!r}"
-        for name in type(new).model_fields
-        if getattr(old, name) != getattr(new, name)
-    )
-    return ", ".join(diffs) or "no change"
-
-
-def apply_reloaded(server: Server, new: SidecarSettings) -> None:
+def apply_reloaded(server: Server, new: ValidSettings) -> None:
     old = server.settings
     new = live_settings(old, new)
     server.apply(new)
-    log.info("settings applied: %s", describe_changes(old, new))
+    log.info("settings applied: %s", old.changes(new))
 
 
 async def drain(server: Server, hurry: asyncio.Event) -> None:
@@ -120,7 +111,7 @@ async def run(
     build = builds.running_build()
 
     def info() -> dict[str, str]:
-        return settings_info(server.settings.model_dump(), server.mode, __version__, build)
+        return settings_info(server.settings.dump(), server.mode, __version__, build)
 
     collector = SidecarCollector(server.stats, server.gauges, info)
     admin = AdminServer(

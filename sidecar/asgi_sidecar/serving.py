@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from asgi_sidecar.exchanges import Connection, Exchange
     from asgi_sidecar.metrics import Gauges
-    from asgi_sidecar.settings import SidecarSettings
+    from asgi_sidecar.validated import ValidSettings
 
 log = logging.getLogger("asgi_sidecar")
 
@@ -58,7 +58,7 @@ DRAIN_IDLE_ROUNDS: Final = 10
 class ProxyCore(Core):
     mode: Final = "proxy"
 
-    def __init__(self, settings: SidecarSettings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, settings: ValidSettings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.loop = loop
         # The loop's clock as a bound method, looked up once: the per-request deadlines
@@ -177,7 +177,7 @@ class ProxyCore(Core):
 
     # -- settings ---------------------------------------------------------------------------
 
-    def apply(self, new: SidecarSettings) -> None:
+    def apply(self, new: ValidSettings) -> None:
         """Apply new settings live (the runner has kept those that need a restart)."""
         old = self.settings
         now = self.loop.time()
@@ -376,7 +376,7 @@ class ProxyCore(Core):
 
 
 async def run_proxy(
-    settings: SidecarSettings,
+    settings: ValidSettings,
     *,
     config_path: Path | None = None,
     environ: Mapping[str, str] | None = None,

@@ -5,6 +5,9 @@ YAML, into the file the sidecar reads with ``--config``.  Field names are
 snake_case in Python and on the command line, camelCase in files and in the CRD;
 both spellings are accepted everywhere a file is read.
 
+A serving process never imports this module (nor pydantic): it gets the validated
+values as a ``validated.ValidSettings`` from a child process (``validating``).
+
 This module is pure: no I/O, no asyncio.
 """
 
@@ -16,10 +19,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-Seconds = Annotated[float, Field(gt=0, le=86_400)]
+from asgi_sidecar.validated import ValidSettings
 
-# Settings that only a restart can change (the sockets are bound at start).
-RESTART_ONLY_FIELDS = frozenset({"upstream", "host", "port", "metrics_host", "metrics_port"})
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
 
 def is_nullable(name: str) -> bool:
@@ -265,12 +267,6 @@ class SidecarSettings(SidecarLimits):
             raise ValueError("port and metrics_port must differ")
         return self
 
-    @property
-    def upstream_address(self) -> tuple[str, int]:
-        parts = urlsplit(self.upstream)
-        assert parts.hostname is not None  # checked by the validator
-        return parts.hostname, parts.port or 80
-
-    def restart_only_changes(self, new: SidecarSettings) -> list[str]:
-        """Names of fields that differ in ``new`` but can only change with a restart."""
-        return sorted(f for f in RESTART_ONLY_FIELDS if getattr(self, f) != getattr(new, f))
+    def validated(self) -> ValidSettings:
+        """These settings as a serving process holds them."""
+        return ValidSettings(self.model_dump())

@@ -22,15 +22,15 @@ from asgi_sidecar.stats import count
 
 if TYPE_CHECKING:
     from asgi_sidecar.guarding import Guard
-    from asgi_sidecar.settings import SidecarSettings
     from asgi_sidecar.stats import Stats
     from asgi_sidecar.tracking import Deadlines
+    from asgi_sidecar.validated import ValidSettings
 
 
 class Tracker(Protocol):
     """What the protocol reaches of the server that made it (``embedding.EmbeddedServer``)."""
 
-    settings: SidecarSettings
+    settings: ValidSettings
     stats: Stats
     connections: set[GuardedProtocol]  # every open connection, upgraded ones too
     idle: Deadlines[GuardedProtocol]

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import pytest
 
 from asgi_sidecar.adapting import UPDATE_INTERVAL, AdaptiveLimit
-from asgi_sidecar.cli import _flags, build_parser
 from asgi_sidecar.configuring import ConfigError, build_settings
+from asgi_sidecar.parsing import build_parser, settings_flags
 from asgi_sidecar.settings import SidecarSettings
 
 KNEE = 50
@@ -214,6 +214,6 @@ def test_settings_check_the_bounds():
 
 def test_adaptive_flag_needs_no_value():
     args = build_parser().parse_args(["proxy", "--adaptive", "--adaptive-max", "50"])
-    assert build_settings(flags=_flags(args)).adaptive is True
+    assert build_settings(flags=settings_flags(args)).adaptive is True
     args = build_parser().parse_args(["proxy", "--adaptive", "false"])
-    assert build_settings(flags=_flags(args)).adaptive is False
+    assert build_settings(flags=settings_flags(args)).adaptive is False

@@ -6,6 +6,8 @@ modules together, and a cycle of them still means two ideas tangled).
 """
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,10 +96,10 @@ def test_the_sidecar_never_imports_the_operator():
         assert not any(n.startswith("asgi_operator") for n in imported_modules(path)), path
 
 
-def test_only_configuring_and_cli_read_the_environment():
+def test_only_configuring_cli_and_the_validating_child_read_the_environment():
     # builds: ASGI_SIDECAR_PURE picks the build when the package is imported, before any CLI.
     for path in SIDECAR.glob("*.py"):
-        if path.stem in ("configuring", "cli", "demo", "builds"):
+        if path.stem in ("configuring", "cli", "validating", "demo", "builds"):
             continue
         assert "os.environ" not in path.read_text(), path
 
@@ -186,3 +188,16 @@ def test_no_test_module_imports_another():
             if parts[0] == "tests" and any(part.startswith("test_") for part in parts):
                 offenders.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not offenders, "\n".join(sorted(set(offenders)))
+
+
+def test_a_serving_process_imports_neither_the_model_nor_pydantic_nor_prometheus_client():
+    # Everything `asgi-sidecar proxy` and `serve` import to serve, reload and answer /metrics
+    # (the app's own imports aside); the build is the one the suite runs on.
+    code = (
+        "import sys, asgi_sidecar.cli, asgi_sidecar.serving, asgi_sidecar.embedding;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('pydantic', 'pydantic_core', 'prometheus_client', 'yaml')"
+        " or m in ('asgi_sidecar.settings', 'asgi_sidecar.configuring')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -104,7 +104,7 @@ def test_every_class_default_of_an_exchange_is_there_on_a_new_one():
     names += class_defaults(package / "exchanges.py", "Exchange")
     loop = asyncio.new_event_loop()  # never run: the core only keeps it
     try:
-        exchange = Exchange(FrontConnection(ProxyCore(SidecarSettings(), loop)))
+        exchange = Exchange(FrontConnection(ProxyCore(SidecarSettings().validated(), loop)))
     finally:
         loop.close()
     assert len(names) > 25

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from asgi_sidecar.cli import build_parser, main
+from asgi_sidecar.cli import main
+from asgi_sidecar.parsing import build_parser
 from asgi_sidecar.settings import SidecarSettings
 from asgi_sidecar.sysctls import SysctlError, apply_sysctls, parse_assignment
 
@@ -27,9 +28,17 @@ def test_check_config_reports_bad_files(tmp_path, capsys):
     assert "limit_concurrency" in capsys.readouterr().err
 
 
-def test_proxy_refuses_invalid_flags_before_binding(capsys):
+def test_proxy_refuses_invalid_flags_before_binding(capfd):
+    # The validating child prints on the stderr it shares with this process.
     assert main(["proxy", "--timeout-keep-alive", "-1"]) == 2
-    assert "command line: timeout_keep_alive" in capsys.readouterr().err
+    assert "command line: timeout_keep_alive" in capfd.readouterr().err
+
+
+def test_proxy_refuses_unknown_flags_with_the_usage(capfd):
+    assert main(["proxy", "--timeout-keepalive", "5"]) == 2
+    err = capfd.readouterr().err
+    assert "usage: asgi-sidecar" in err
+    assert "unrecognized arguments: --timeout-keepalive" in err
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ class Clock:
 
 def guard(**settings: object) -> tuple[Guard[str, str], Clock, Stats]:
     clock, stats = Clock(), Stats()
-    values = SidecarSettings(**{"limit_concurrency": 1, **settings})
+    values = SidecarSettings(**{"limit_concurrency": 1, **settings}).validated()
     admission: Admission[str] = Admission(values, stats, clock, lambda _: True)
     return Guard(values, stats, admission, clock), clock, stats
 

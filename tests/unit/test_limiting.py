@@ -89,7 +89,7 @@ def engine(woken: list[str], **settings: object) -> tuple[Admission[str], Clock]
         return True
 
     values = {"limit_concurrency": 1, "queue_depth": 2, "queue_timeout": 5.0, **settings}
-    return Admission(SidecarSettings(**values), Stats(), clock, wake), clock
+    return Admission(SidecarSettings(**values).validated(), Stats(), clock, wake), clock
 
 
 def test_admission_queues_then_wakes_in_order_and_records():
@@ -148,7 +148,7 @@ def test_admission_apply_raises_the_limit_and_wakes_waiters():
     assert admission.try_acquire()
     admission.queue("a")
     admission.queue("gone-b")
-    admission.apply(SidecarSettings(limit_concurrency=3, queue_depth=2))
+    admission.apply(SidecarSettings(limit_concurrency=3, queue_depth=2).validated())
     assert woken == ["a"]
     assert admission.limiter.in_flight == 2  # the slot of the one that gave up came back
     assert admission.limiter.limit == 3
@@ -166,8 +166,10 @@ def test_admission_adaptive_limit_moves_only_on_ticks():
     assert admission.limiter.limit < 40
     assert admission.limiter.limit == admission.adaptive.current
     kept = admission.adaptive
-    admission.apply(SidecarSettings(adaptive=True, limit_concurrency=99, adaptive_max=500))
+    admission.apply(
+        SidecarSettings(adaptive=True, limit_concurrency=99, adaptive_max=500).validated()
+    )
     assert admission.adaptive is kept  # what it learnt survives a reload
-    admission.apply(SidecarSettings(limit_concurrency=7))
+    admission.apply(SidecarSettings(limit_concurrency=7).validated())
     assert admission.adaptive is None
     assert admission.limiter.limit == 7

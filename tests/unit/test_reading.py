@@ -11,7 +11,7 @@ from asgi_sidecar.settings import SidecarSettings
 def conn():
     loop = asyncio.new_event_loop()  # never run: the core only reads its clock
     try:
-        yield FrontConnection(ProxyCore(SidecarSettings(), loop))
+        yield FrontConnection(ProxyCore(SidecarSettings().validated(), loop))
     finally:
         loop.close()
 

@@ -44,17 +44,6 @@ def test_ports_must_differ():
         SidecarSettings(port=9000, metrics_port=9000)
 
 
-def test_upstream_address_defaults_port_80():
-    assert SidecarSettings(upstream="http://app").upstream_address == ("app", 80)
-    assert SidecarSettings().upstream_address == ("127.0.0.1", 8000)
-
-
-def test_restart_only_changes_are_reported():
-    old = SidecarSettings()
-    new = SidecarSettings(port=8081, limit_concurrency=5)
-    assert old.restart_only_changes(new) == ["port"]
-
-
 def test_every_field_has_a_description():
     for name, field in SidecarSettings.model_fields.items():
         assert field.description, name
