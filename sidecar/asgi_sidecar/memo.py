@@ -53,3 +53,13 @@ class Memo(Generic[V]):
         if len(entries) >= self.max_entries:
             entries.clear()
         entries[key] = value
+
+
+def interned(memo: Memo[bytes], value: bytes) -> bytes:
+    """The bytes object ``memo`` keeps equal to ``value``, kept now if it is new: values
+    held for long (a connection's peer address) then share one object."""
+    kept = memo.get(value)
+    if kept is None:
+        memo.put(value, value)
+        return value
+    return kept

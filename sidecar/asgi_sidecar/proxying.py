@@ -41,11 +41,10 @@ class FrontConnection(RequestReader, ClientEnd):
         # Only a client that closed first is gone; when the sidecar closed (a refusal,
         # an upstream error, shutdown), that reason was counted already.
         gone = "client_gone" if self.close_reason in ("client_closed", "client_error") else ""
-        for ex in (self.current, self.parsing, *self.pending):
+        for ex in (self.current, self.parsing, *(self.pending or ())):
             if ex is not None and not ex.finished:
                 self._abandon(ex, gone)
-        self.current = self.parsing = None
-        self.pending.clear()
+        self.current = self.parsing = self.pending = None
         if self.tunnel is not None:
             self.tunnel.close()
             self.tunnel = None
@@ -252,10 +251,11 @@ class FrontConnection(RequestReader, ClientEnd):
         if not ex.keep_alive or core.stopping:
             self.close("shutdown" if core.close_after_response else "server_closed")
             return
-        if self.pending:
-            if self.paused & PAUSE_PIPELINE and len(self.pending) < PIPELINE_LIMIT:
+        pending = self.pending
+        if pending:
+            if self.paused & PAUSE_PIPELINE and len(pending) < PIPELINE_LIMIT:
                 self.resume_reading(PAUSE_PIPELINE)
-            self._start(self.pending.pop(0))
+            self._start(pending.pop(0))
         elif self.parsing is None:
             self.idle_since = now
             self.core.went_idle(self)

@@ -53,9 +53,13 @@ def at_startup(argv: Sequence[str]) -> Startup | int:
     """Parse ``argv`` (``proxy|serve ...``) and validate the settings in a child; its exit
     code instead when it refused them (it has printed why on stderr)."""
     request = json.dumps({"argv": list(argv)})
-    done = subprocess.run(
-        CHILD, input=request, stdout=subprocess.PIPE, text=True, timeout=TIMEOUT, check=False
-    )
+    try:
+        done = subprocess.run(
+            CHILD, input=request, stdout=subprocess.PIPE, text=True, timeout=TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:  # the child is killed by run()
+        print(f"asgi-sidecar: settings not validated within {TIMEOUT:.0f} s", file=sys.stderr)
+        return 1
     if done.returncode != 0:
         return done.returncode
     reply = json.loads(done.stdout)

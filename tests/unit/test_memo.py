@@ -1,4 +1,4 @@
-from asgi_sidecar.memo import Memo
+from asgi_sidecar.memo import Memo, interned
 
 
 def test_a_memo_answers_what_was_put_and_nothing_else():
@@ -44,3 +44,12 @@ def test_the_front_outlives_an_emptied_dict_with_the_same_answer():
     memo.put(b"x", 1)
     memo.put(b"y", 2)  # full: emptied, then y
     assert memo.get(b"same") == 7  # from the front; a memo of a pure function stays right
+
+
+def test_interned_values_share_one_object_per_value():
+    memo: Memo[bytes] = Memo(2, 16, front=True)
+    first = interned(memo, b"10.0.0.1")
+    again = interned(memo, bytes(bytearray(b"10.0.0.1")))  # equal, another object
+    assert again is first
+    assert interned(memo, b"10.0.0.2") == b"10.0.0.2"
+    assert interned(memo, b"x" * 17) == b"x" * 17  # too long to keep: itself

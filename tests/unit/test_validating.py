@@ -88,3 +88,10 @@ def test_the_watcher_applies_a_valid_file_and_keeps_the_settings_on_a_bad_one(tm
     assert results[2:] == [None, None]
     assert [s.limit_concurrency for s in applied] == [6]
     assert counted == ["applied", "invalid", "invalid"]
+
+
+def test_a_startup_child_that_hangs_is_killed_and_the_sidecar_exits(monkeypatch, capfd):
+    monkeypatch.setattr(validating, "CHILD", ("/bin/sleep", "30"))
+    monkeypatch.setattr(validating, "TIMEOUT", 0.5)
+    assert validating.at_startup(["proxy"]) == 1
+    assert "not validated within" in capfd.readouterr().err
