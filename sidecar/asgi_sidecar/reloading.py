@@ -17,10 +17,13 @@ from typing import Any
 
 from asgi_sidecar import validating
 from asgi_sidecar.validated import ConfigError, ValidSettings
+from asgi_sidecar.validating import ValidationUnavailableError
 
 log = logging.getLogger("asgi_sidecar.reload")
 
 POLL_INTERVAL = 1.0
+# Polls skipped before a text the child gave no verdict on is tried again (about 30 s).
+RETRY_POLLS = 30
 
 
 class ConfigWatcher:
@@ -40,6 +43,7 @@ class ConfigWatcher:
         self._count = count
         self._interval = interval
         self._last: bytes | None = self._read()
+        self._wait = 0  # polls left before a retry
 
     def _read(self) -> bytes | None:
         try:
@@ -49,10 +53,13 @@ class ConfigWatcher:
 
     async def check(self) -> ValidSettings | None:
         """Reload if the file changed; returns the applied settings, if any."""
+        if self._wait:
+            self._wait -= 1
+            return None
         content = self._read()
         if content is None or content == self._last:
             return None
-        self._last = content
+        previous, self._last = self._last, content
         source = f"config file {self._path}"
         try:
             try:
@@ -60,6 +67,11 @@ class ConfigWatcher:
             except UnicodeDecodeError:
                 raise ConfigError(f"{source}: not UTF-8 text") from None
             settings = await validating.on_reload(text, source, self._environ, self._flags)
+        except ValidationUnavailableError as exc:
+            log.error("config reload not validated, keeping the running settings:\n%s", exc)
+            self._count("invalid")
+            self._last, self._wait = previous, RETRY_POLLS  # the same text, once more later
+            return None
         except ConfigError as exc:
             log.error("config reload refused, keeping the running settings:\n%s", exc)
             self._count("invalid")

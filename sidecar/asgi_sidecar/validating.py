@@ -8,8 +8,10 @@ everything, here, in ``python -P -m asgi_sidecar.validating``:
   file, with the same messages and exit codes as ever: the child prints them on the
   stderr it shares with the sidecar, and the sidecar exits with its code;
 - on a config reload (``on_reload``, without blocking the event loop): the new file's
-  text, with the same environment and flags on top.  A refusal, a crash or a child that
-  takes longer than ``TIMEOUT`` is a ``ConfigError``: the running settings stay.
+  text, with the same environment and flags on top.  A refusal is a ``ConfigError``; a
+  child that cannot start, fails, answers nonsense or takes longer than ``TIMEOUT`` is a
+  ``ValidationUnavailableError`` (the watcher tries the same text again later).  Either way
+  the running settings stay.
 
 The request goes to the child's stdin and the answer comes back on its stdout, as JSON.
 """
@@ -29,10 +31,24 @@ from typing import Any, Final
 
 from asgi_sidecar.validated import ConfigError, ValidSettings
 
-# -P: nothing from the working directory (an app's folder) shadows a module.
+# -P: nothing from the working directory (an app's folder) shadows a module; the package
+# itself comes from where this process has it (``_child_env``).
 CHILD: Final = (sys.executable, "-P", "-m", "asgi_sidecar.validating")
 TIMEOUT: Final = 60.0  # seconds; importing pydantic takes well under one
 ENV_PREFIX: Final = "ASGI_SIDECAR_"
+PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent)
+
+
+class ValidationUnavailableError(ConfigError):
+    """The child gave no verdict on the settings (it could not start, failed or hung)."""
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with the folder this process imported the package from first on
+    the child's path (a source tree run with ``python -m asgi_sidecar`` has no install)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (PACKAGE_ROOT, env.get("PYTHONPATH"))))
+    return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +71,27 @@ def at_startup(argv: Sequence[str]) -> Startup | int:
     request = json.dumps({"argv": list(argv)})
     try:
         done = subprocess.run(
-            CHILD, input=request, stdout=subprocess.PIPE, text=True, timeout=TIMEOUT, check=False
+            CHILD,
+            input=request,
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+            env=_child_env(),
         )
     except subprocess.TimeoutExpired:  # the child is killed by run()
-        print(f"asgi-sidecar: settings not validated within {TIMEOUT:.0f} s", file=sys.stderr)
-        return 1
+        return _failed(f"settings not validated within {TIMEOUT:.0f} s")
+    except OSError as exc:
+        return _failed(f"cannot start the validating process: {exc}")
+    if done.returncode < 0:
+        return _failed(f"the validating process was killed by signal {-done.returncode}")
     if done.returncode != 0:
         return done.returncode
-    reply = json.loads(done.stdout)
+    try:
+        reply = json.loads(done.stdout)
+    except ValueError:  # what argparse prints and exits 0 for: the help (``--hel``)
+        sys.stdout.write(done.stdout)
+        return 0
     config = reply["config"]
     return Startup(
         command=reply["command"],
@@ -74,6 +103,11 @@ def at_startup(argv: Sequence[str]) -> Startup | int:
         flags=reply["flags"],
         settings=ValidSettings(reply["settings"]),
     )
+
+
+def _failed(why: str) -> int:
+    print(f"asgi-sidecar: {why}", file=sys.stderr)
+    return 1
 
 
 async def on_reload(
@@ -88,12 +122,18 @@ async def on_reload(
             "flags": dict(flags),
         }
     ).encode()
-    child = await asyncio.create_subprocess_exec(
-        *CHILD,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    try:
+        child = await asyncio.create_subprocess_exec(
+            *CHILD,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=_child_env(),
+        )
+    except OSError as exc:  # out of file descriptors or processes, say
+        raise ValidationUnavailableError(
+            f"{source}: cannot start the validating process: {exc}"
+        ) from None
     try:
         out, err = await asyncio.wait_for(child.communicate(request), TIMEOUT)
     except BaseException as exc:  # the timeout, or the watcher cancelled: no child left
@@ -101,17 +141,26 @@ async def on_reload(
             child.kill()
         await child.wait()
         if isinstance(exc, TimeoutError):
-            raise ConfigError(f"{source}: not validated within {TIMEOUT:.0f} s") from None
+            raise ValidationUnavailableError(
+                f"{source}: not validated within {TIMEOUT:.0f} s"
+            ) from None
         raise
     if child.returncode != 0:
         last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise ConfigError(
+        raise ValidationUnavailableError(
             f"{source}: the validating process failed (exit {child.returncode}): {last[0]}"
         )
-    reply = json.loads(out)
-    if "error" in reply:
-        raise ConfigError(reply["error"])
-    return ValidSettings(reply["settings"])
+    try:
+        reply = json.loads(out)
+        error = reply.get("error")
+        settings = None if error is not None else ValidSettings(reply.get("settings"))
+    except (ValueError, AttributeError, TypeError) as exc:  # not an answer this version reads
+        raise ValidationUnavailableError(
+            f"{source}: no answer from the validating process: {exc}"
+        ) from None
+    if settings is None:
+        raise ConfigError(error)
+    return settings
 
 
 def child_main() -> int:
