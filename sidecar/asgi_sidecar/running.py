@@ -57,8 +57,8 @@ class Server(Protocol):
         """Apply reloaded settings (restart-only fields already kept at their old values)."""
 
     def begin_drain(self, seconds: float) -> None:
-        """The Pod's preStop drain (GET /drain), for ``seconds``: unready, connections
-        not kept after their next response."""
+        """The Pod's preStop drain (GET /drain), or SIGTERM's ``shutdown_delay``, for
+        ``seconds``: unready, connections not kept after their next response."""
 
     def stop_accepting(self) -> None:
         """Close the listener and idle connections; in-flight requests go on."""
@@ -90,9 +90,14 @@ async def drain(server: Server, hurry: asyncio.Event) -> None:
     """The SIGTERM sequence: unready, wait shutdown_delay, stop accepting, finish in-flight."""
     server.ready = False
     log.info("draining: readiness is now 503")
-    if server.settings.shutdown_delay:
+    delay = server.settings.shutdown_delay
+    if delay:
+        # As the preStop drain does: while endpoints update, each connection closes after
+        # its next response, so its client reconnects (to other Pods, soon) instead of
+        # meeting the close of an idle connection when the listener closes.
+        server.begin_drain(delay)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(hurry.wait(), server.settings.shutdown_delay)
+            await asyncio.wait_for(hurry.wait(), delay)
     server.stop_accepting()
     timeout = server.settings.timeout_graceful_shutdown
     log.info("listener closed; waiting up to %ss for in-flight requests", timeout)

@@ -119,13 +119,16 @@ class ProxyCore(Core):
         self.effective_backlog = measure_backlog(self.listener, self.settings.backlog)
 
     def begin_drain(self, seconds: float) -> None:
-        """The Pod is going away (its preStop hook called /drain): turn unready and close
+        """The Pod is going away (its preStop hook called /drain, or SIGTERM came with a
+        ``shutdown_delay``): turn unready and close
         every connection after its next response, so that clients (a kept-alive connection
         to a ClusterIP stays on its Pod) reconnect to other Pods; new connections are still
         served, since endpoints take a moment to update.  Connections still idle when the
         drain ends are closed then: closing them at once would race the clients that reuse
         them that instant (resets); by the end, a busy client has been told to reconnect."""
-        log.info("preStop drain: readiness is now 503, connections close after a response")
+        log.info(
+            "draining for %g s: readiness is now 503, connections close after a response", seconds
+        )
         self.ready = False
         self.close_after_response = True
         self.loop.call_later(seconds, self._close_idle, DRAIN_IDLE_ROUNDS)
