@@ -157,13 +157,17 @@ class AdmissionMiddleware:
 
 
 class CountingSend:
-    """An app's ``send`` that notes the response status on the way."""
+    """An app's ``send`` that notes the response status on the way.
+
+    Not a coroutine itself: it hands back the server's own awaitable, which the app
+    awaits, so each message costs no coroutine of this class (ASGI's ``send`` is any
+    callable returning an awaitable)."""
 
     def __init__(self, send: Send) -> None:
         self.send = send
         self.status = 500
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
-        await self.send(message)
+        return self.send(message)
