@@ -43,14 +43,9 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-def _serves(argv: list[str]) -> bool:
-    """``proxy`` or ``serve``, not asking for help."""
-    return argv[:1] in (["proxy"], ["serve"]) and not {"-h", "--help"} & set(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not _serves(argv):
+    if argv[:1] not in (["proxy"], ["serve"]):
         return _run_command(argv)
     # The serving process imports neither pydantic nor the model: a child validates.
     startup = validating.at_startup(argv)
@@ -91,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(argv: list[str]) -> int:
     """check-config, sysctl, --help and --version: they exit at once, so they may import
-    the model."""
+    the model.  (``proxy --help`` is printed by the validating child.)"""
     from asgi_sidecar.configuring import dump_settings, load_settings
     from asgi_sidecar.parsing import build_parser
 
@@ -114,7 +109,7 @@ def _run_command(argv: list[str]) -> int:
             print(f"asgi-sidecar sysctl: {exc}", file=sys.stderr)
             return 1
         return 0
-    # What the parser let through is proxy or serve asking for help, which exits above.
+    # proxy and serve never come here (main gives them to the validating child).
     raise AssertionError(f"unexpected command {args.command!r}")  # pragma: no cover
 
 

@@ -18,9 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from asgi_sidecar.settings import SidecarSettings, is_nullable
-from asgi_sidecar.validated import ConfigError
+from asgi_sidecar.validated import ENV_PREFIX, ConfigError
 
-ENV_PREFIX = "ASGI_SIDECAR_"
 _NULL_WORDS = frozenset({"", "none", "null"})
 
 

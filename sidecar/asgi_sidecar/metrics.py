@@ -52,7 +52,7 @@ def _gauge(name: str, doc: str, value: float | None) -> Iterator[Family]:
 
 
 def _histogram(name: str, doc: str, hist: Histogram) -> Family:
-    buckets = [("+Inf" if math.isinf(b) else repr(b), c) for b, c in hist.cumulative()]
+    buckets = [(exposition.number(bound), n) for bound, n in hist.cumulative()]
     return exposition.histogram(name, doc, buckets, hist.sum)
 
 

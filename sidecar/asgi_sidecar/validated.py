@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+# The environment variables of the settings: ASGI_SIDECAR_<FIELD NAME IN UPPER CASE>.
+ENV_PREFIX: Final = "ASGI_SIDECAR_"
 # Settings that only a restart can change (the sockets are bound at start).
 RESTART_ONLY_FIELDS: Final = frozenset({"upstream", "host", "port", "metrics_host", "metrics_port"})
 

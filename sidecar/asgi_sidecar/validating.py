@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from asgi_sidecar.validated import ConfigError, ValidSettings
+from asgi_sidecar.validated import ENV_PREFIX, ConfigError, ValidSettings
 
 # -P: nothing from the working directory (an app's folder) shadows a module; the package
 # itself comes from where this process has it (``_child_env``).
 CHILD: Final = (sys.executable, "-P", "-m", "asgi_sidecar.validating")
 TIMEOUT: Final = 60.0  # seconds; importing pydantic takes well under one
-ENV_PREFIX: Final = "ASGI_SIDECAR_"
 PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent)
 
 
@@ -89,7 +88,7 @@ def at_startup(argv: Sequence[str]) -> Startup | int:
         return done.returncode
     try:
         reply = json.loads(done.stdout)
-    except ValueError:  # what argparse prints and exits 0 for: the help (``--hel``)
+    except ValueError:  # what argparse prints and exits 0 for: the help (--help, -h, --hel)
         sys.stdout.write(done.stdout)
         return 0
     config = reply["config"]

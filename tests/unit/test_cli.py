@@ -63,3 +63,11 @@ def test_sysctl_writes_and_verifies(tmp_path):
         "net.core.somaxconn = 8192"
     ]
     assert target.read_text() == "8192\n"
+
+
+def test_proxy_help_is_printed_with_every_setting(capfd):
+    assert main(["proxy", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert "usage: asgi-sidecar proxy" in out
+    for name in SidecarSettings.model_fields:
+        assert "--" + name.replace("_", "-") in out
