@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 COMPILED: Final = (
     "adapting",
     "admitting",
+    "answering",
     "exchanges",
     "framing",
     "guarding",

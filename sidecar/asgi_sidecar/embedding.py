@@ -3,10 +3,10 @@
 No proxy hop: uvicorn runs the app on a socket the sidecar opened with the
 configured backlog.  Three pieces adapt uvicorn:
 
-* ``guarding.AdmissionMiddleware`` (compiled) replaces ``limit_concurrency``
-  with the admission engine the proxy uses (``admitting.py``): it counts
-  requests, not connections, admits exactly N, queues, and answers 503 with
-  Retry-After on a connection that stays open.
+* ``answering.Exchange`` (compiled) runs each request in place of uvicorn's cycle, and
+  replaces ``limit_concurrency`` with the admission engine the proxy uses
+  (``admitting.py``): it counts requests, not connections, admits exactly N, queues,
+  and answers 503 with Retry-After on a connection that stays open.
 * ``uvicorn_protocol.GuardedProtocol`` (a uvicorn protocol subclass) holds every request head to
   the proxy's request rules and answers refusals as the proxy does.  It keeps
   idle connections in swept deadlines (``guarding.Guard``) instead of uvicorn's
@@ -41,7 +41,8 @@ from typing import Any, Final
 import uvicorn
 
 from asgi_sidecar.admitting import Admission
-from asgi_sidecar.guarding import AdmissionMiddleware, ASGIApp, Guard
+from asgi_sidecar.answering import ASGIApp
+from asgi_sidecar.guarding import Guard
 from asgi_sidecar.listening import measure_backlog, open_listener, read_gauges
 from asgi_sidecar.metrics import Gauges
 from asgi_sidecar.running import run
@@ -90,7 +91,7 @@ class EmbeddedServer:
         self.upgraded: dict[asyncio.BaseProtocol, GuardedProtocol] = {}
         protocol = type("Protocol", (GuardedProtocol,), {"state": self, "guard": self.guard})
         self.config = uvicorn.Config(
-            AdmissionMiddleware(app, self.guard),
+            app,
             http=protocol,
             ws=tracked_websockets(self.upgraded),
             loop="none",

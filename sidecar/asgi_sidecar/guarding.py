@@ -1,22 +1,18 @@
-"""Embedded mode's per-request work, compiled: the admission middleware, and one native
-call per uvicorn hook.
+"""Embedded mode's per-connection state, compiled: one native call per uvicorn hook.
 
 ``uvicorn_protocol.GuardedProtocol`` subclasses uvicorn's protocol, so it stays interpreted;
 what its hooks do to the shared state (idle and header deadlines, the counters, the
-admission engine) is here, where mypyc turns it into native code, and so is the ASGI
-middleware that admits each request (a native coroutine costs less than an interpreted
-one).  No I/O but the ASGI calls, and one clock for every time it keeps (deadlines,
-idle gaps, durations): the one it is given, ``time.monotonic`` in ``serve``.
+admission engine) is here, where mypyc turns it into native code; each request's own
+work is ``answering.Exchange``'s.  No I/O, and one clock for every time it keeps
+(deadlines, idle gaps, durations): the one it is given, ``time.monotonic`` in ``serve``.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from asgi_sidecar import http1, responding
-from asgi_sidecar.admitting import QUEUED
+from asgi_sidecar import http1
 from asgi_sidecar.livesettings import LiveSettings
 from asgi_sidecar.stats import count
 from asgi_sidecar.tracking import Deadlines
@@ -25,12 +21,6 @@ if TYPE_CHECKING:
     from asgi_sidecar.admitting import Admission
     from asgi_sidecar.stats import Stats
     from asgi_sidecar.validated import ValidSettings
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 C = TypeVar("C")  # a connection (uvicorn protocol instance)
 W = TypeVar("W")  # what a queued request waits on
@@ -106,68 +96,3 @@ class Guard(Generic[C, W]):
         """An admitted request's response ended with ``status``: count it, free its slot."""
         count(self.stats.requests, status)
         self.admission.finished(self.clock() - started)
-
-
-class AdmissionMiddleware:
-    """Concurrency limit on requests (not connections), with queue and Retry-After."""
-
-    def __init__(self, app: ASGIApp, guard: Guard[Any, asyncio.Future[None]]) -> None:
-        self.app = app
-        self.guard = guard
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        guard = self.guard
-        admission = guard.admission
-        queued_at = -1.0
-        if not admission.try_acquire():
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            outcome = admission.queue(waiter)
-            if outcome != QUEUED:
-                await self._reject(send, outcome)
-                return
-            queued_at = guard.clock()
-            try:
-                await asyncio.wait_for(asyncio.shield(waiter), guard.settings.queue_timeout)
-            except TimeoutError:
-                if admission.cancel(waiter):
-                    await self._reject(send, "queue_timeout")
-                    return
-                # admitted just as the wait ended: fall through holding the slot
-            except asyncio.CancelledError:
-                if not admission.cancel(waiter):
-                    admission.release()
-                raise
-        started = guard.admitted(queued_at)
-        counting = CountingSend(send)
-        try:
-            await self.app(scope, receive, counting)
-        finally:
-            guard.answered(counting.status, started)
-
-    async def _reject(self, send: Send, reason: str) -> None:
-        stats = self.guard.stats
-        count(stats.rejected, reason)
-        count(stats.requests, 503)
-        headers = responding.rejection_fields(self.guard.settings.retry_after)
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": responding.REJECTION_BODY})
-
-
-class CountingSend:
-    """An app's ``send`` that notes the response status on the way.
-
-    Not a coroutine itself: it hands back the server's own awaitable, which the app
-    awaits, so each message costs no coroutine of this class (ASGI's ``send`` is any
-    callable returning an awaitable)."""
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.status = 500
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start":
-            self.status = int(message["status"])
-        return self.send(message)

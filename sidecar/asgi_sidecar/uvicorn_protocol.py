@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
-from asgi_sidecar import responding
+from asgi_sidecar import answering, responding
 from asgi_sidecar.refusing import input_refusal
 from asgi_sidecar.stats import count
 
@@ -35,31 +34,6 @@ class Tracker(Protocol):
     connections: set[GuardedProtocol]  # every open connection, upgraded ones too
     idle: Deadlines[GuardedProtocol]
     upgraded: dict[asyncio.BaseProtocol, GuardedProtocol]  # by its WebSocket protocol
-
-
-class CloseDelimitedCycle(RequestResponseCycle):
-    """The response to an HTTP/1.0 request: a body without a length ends at the close.
-
-    uvicorn's httptools protocol frames such a body with chunked coding whatever the
-    request's version, and an HTTP/1.0 client cannot read it (RFC 9112 6.1: no
-    Transfer-Encoding unless the request is HTTP/1.1 or later).  The proxy mode sends it
-    delimited by the close, as uvicorn's h11 protocol does; so does this.  uvicorn closes an
-    HTTP/1.0 connection after each response already.
-    """
-
-    until_close = False
-
-    async def send(self, message: Any) -> None:
-        kind = message["type"]
-        if kind == "http.response.start" and not self.response_started:
-            names = {name.lower() for name, _ in message.get("headers", ())}
-            if not names & {b"content-length", b"transfer-encoding"}:
-                self.until_close = True
-                self.chunked_encoding = False  # so uvicorn adds no Transfer-Encoding
-                self.expected_content_length = sys.maxsize
-        elif kind == "http.response.body" and self.until_close and not message.get("more_body"):
-            self.expected_content_length = len(message.get("body", b""))  # the end is here
-        await super().send(message)
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -138,15 +112,11 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         # The proxy's request rules first: a refusal raises RequestRefusedError, which the
-        # parser hands to data_received.
-        self.guard.head_complete(self, self.parser, self.url, self.headers)
-        HttpToolsProtocol.on_headers_complete(self)
-        if self.scope["http_version"] == "1.0":
-            cycle = self.cycle
-            # The cycle was made (and its task created, not yet run) just now, unless the
-            # request is an upgrade; uvicorn offers no hook to make another class of it.
-            if cycle is not None and cycle.scope is self.scope:
-                cycle.__class__ = CloseDelimitedCycle
+        # parser hands to data_received.  Then the request runs as an answering.Exchange,
+        # not as uvicorn's cycle.
+        guard = self.guard
+        guard.head_complete(self, self.parser, self.url, self.headers)
+        answering.start(self, guard)
 
     def rest(self, idle_before: float) -> bool:
         """Idle since ``idle_before`` or earlier and between messages: give up the parser

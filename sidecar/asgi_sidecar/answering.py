@@ -1,0 +1,376 @@
+"""``serve``'s request and response exchange on uvicorn's httptools protocol, compiled.
+
+uvicorn's protocol (``uvicorn_protocol.GuardedProtocol``) parses the request and owns the
+connection; for each request head it hands over, ``start`` builds the ASGI scope's
+request fields and an ``Exchange``, which plays the part of uvicorn's own cycle: the
+protocol feeds it the body and tells it of a disconnect through the same attributes
+(``body``, ``more_body``, ``message_event``, ``disconnected``, ``keep_alive``,
+``response_complete``).  What it does in one native object is what took three
+interpreted layers before (an admission middleware, a counting ``send`` and uvicorn's
+cycle):
+
+* ``run_asgi`` admits the request (``admitting.Admission``: exactly N at once, a bounded
+  queue, 503 with Retry-After on a connection that stays open), runs the app, and counts
+  the response's status when it ends;
+* ``send`` writes the response: field names checked once each and remembered
+  (``framing.lower_name``), values without control characters, framed by the app's
+  Content-Length, else chunked; an HTTP/1.0 request gets a body delimited by the close,
+  never chunked coding it cannot read (RFC 9112 6.1);
+* ``receive`` gives the request body as it comes, with ``100 Continue`` when asked for.
+
+An app that breaks the protocol (a second start, a body longer or shorter than its
+Content-Length, a bad field) gets a RuntimeError from ``send``, as under uvicorn; an app
+that raises before its response started gets a 500 on a connection that closes, and one
+that raises after, a closed connection.  No clock but the guard's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
+
+import httptools
+
+from asgi_sidecar import responding
+from asgi_sidecar.admitting import QUEUED
+from asgi_sidecar.framing import lower_name
+from asgi_sidecar.stats import count
+
+if TYPE_CHECKING:
+    from asgi_sidecar.guarding import Guard
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("asgi_sidecar")
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
+
+
+_STATUS_LINES: Final = [_status_line(status) for status in range(600)]
+# Bytes a field value may not hold (RFC 9110 5.5): controls but HTAB, and DEL.
+_VALUE_CTL: Final = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])
+_INTERNAL_ERROR: Final = [
+    (b"content-type", responding.TEXT_PLAIN.encode()),
+    (b"content-length", b"21"),
+    (b"connection", b"close"),
+]
+_INTERNAL_ERROR_BODY: Final = b"Internal Server Error"
+# How the response body is framed.
+_UNSET: Final = 0  # no framing field seen (yet)
+_LENGTH: Final = 1  # Content-Length
+_CHUNKED: Final = 2  # chunked coding, written here
+_UNTIL_CLOSE: Final = 3  # HTTP/1.0 without a length: the close ends it
+
+
+def _nothing() -> None:
+    """What the exchange calls at the end of its response once its app has returned."""
+
+
+class Signal:
+    """What ``asyncio.Event`` is to uvicorn's cycle, for one waiter: the body came, or the
+    connection went.  A future is made only when ``receive`` has to wait."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+
+class Exchange:
+    """One request and its response on a connection of uvicorn's httptools protocol."""
+
+    def __init__(
+        self,
+        scope: Scope,
+        protocol: Any,
+        guard: Guard[Any, asyncio.Future[None]],
+        *,
+        keep_alive: bool,
+        expect_100_continue: bool,
+        until_close: bool,
+    ) -> None:
+        self.scope = scope
+        self.transport: Any = protocol.transport
+        self.flow: Any = protocol.flow
+        self.default_headers: list[tuple[bytes, bytes]] = protocol.server_state.default_headers
+        self.on_response: Callable[[], None] = protocol.on_response_complete
+        self.guard = guard
+        self.message_event = Signal()
+        # Connection state (the protocol sets these too)
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = expect_100_continue
+        # Request state
+        self.body = bytearray()
+        self.more_body = True
+        # Response state
+        self.head_only = scope["method"] == "HEAD"
+        self.until_close = until_close  # an HTTP/1.0 request
+        self.response_started = False
+        self.response_complete = False
+        self.framing = _UNSET
+        self.remaining = 0  # bytes of a Content-Length body still to come
+        self.status = 500  # what is counted if no response starts
+
+    # -- the app ------------------------------------------------------------------------------
+
+    async def run_asgi(self, app: ASGIApp) -> None:
+        guard = self.guard
+        admission = guard.admission
+        queued_at = -1.0
+        if not admission.try_acquire():
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            outcome = admission.queue(waiter)
+            if outcome != QUEUED:
+                await self._reject(outcome)
+                return
+            queued_at = guard.clock()
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), guard.settings.queue_timeout)
+            except TimeoutError:
+                if admission.cancel(waiter):
+                    await self._reject("queue_timeout")
+                    return
+                # admitted just as the wait ended: go on holding the slot
+            except asyncio.CancelledError:
+                if not admission.cancel(waiter):
+                    admission.release()
+                raise
+        started = guard.admitted(queued_at)
+        try:
+            await self._run(app)
+        finally:
+            self.on_response = _nothing
+            guard.answered(self.status, started)
+
+    async def _run(self, app: ASGIApp) -> None:
+        try:
+            result: object = await app(self.scope, self.receive, self.send)  # type: ignore[func-returns-value]
+        except BaseException as exc:
+            log.error("Exception in ASGI application", exc_info=exc)
+            if not self.response_started:
+                await self._internal_error()
+            else:
+                self.transport.close()
+            return
+        if result is not None:
+            log.error("ASGI callable should return None, but returned %r", result)
+            self.transport.close()
+        elif not self.response_started and not self.disconnected:
+            log.error("ASGI callable returned without starting a response")
+            await self._internal_error()
+        elif not self.response_complete and not self.disconnected:
+            log.error("ASGI callable returned without completing its response")
+            self.transport.close()
+
+    async def _internal_error(self) -> None:
+        await self.send({"type": "http.response.start", "status": 500, "headers": _INTERNAL_ERROR})
+        await self.send({"type": "http.response.body", "body": _INTERNAL_ERROR_BODY})
+
+    async def _reject(self, reason: str) -> None:
+        stats = self.guard.stats
+        count(stats.rejected, reason)
+        count(stats.requests, 503)
+        headers = responding.rejection_fields(self.guard.settings.retry_after)
+        await self.send({"type": "http.response.start", "status": 503, "headers": headers})
+        await self.send({"type": "http.response.body", "body": responding.REJECTION_BODY})
+
+    # -- ASGI ---------------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"expected ASGI message 'http.response.start', got {kind!r}")
+            self._start(message)
+        elif not self.response_complete:
+            if kind != "http.response.body":
+                raise RuntimeError(f"expected ASGI message 'http.response.body', got {kind!r}")
+            self._body(message.get("body", b""), bool(message.get("more_body", False)))
+        else:
+            raise RuntimeError(f"ASGI message {kind!r} sent after the response completed")
+
+    def _start(self, message: Message) -> None:
+        status = message["status"]
+        if not isinstance(status, int) or not 100 <= status <= 599:
+            raise RuntimeError(f"invalid HTTP status {status!r}")
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        self.status = status
+        parts = [_STATUS_LINES[status]]
+        for name, value in self.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        closes = False
+        framing = _UNSET
+        for name, value in message.get("headers", ()):
+            lname = lower_name(name)
+            if lname is None:
+                raise RuntimeError(f"invalid HTTP field name {name[:64]!r}")
+            if value.translate(None, _VALUE_CTL) != value:
+                raise RuntimeError(f"invalid HTTP field value for {name[:64]!r}")
+            if lname == b"content-length":
+                if framing == _UNSET:
+                    self.remaining = _length(value)
+                    framing = _LENGTH
+            elif lname == b"transfer-encoding":
+                if value.lower() == b"chunked":
+                    framing = _CHUNKED
+                    self.remaining = 0
+            elif lname == b"connection" and _says_close(value):
+                self.keep_alive = False
+                closes = True
+            parts += (lname, b": ", value, b"\r\n")
+        if framing == _UNSET and not self.head_only and status not in (204, 304):
+            if self.until_close:
+                framing = _UNTIL_CLOSE  # the close ends it: HTTP/1.0 has no chunked coding
+            else:
+                framing = _CHUNKED
+                parts.append(b"transfer-encoding: chunked\r\n")
+        self.framing = framing
+        if not self.keep_alive and not closes:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self.transport.write(b"".join(parts))
+
+    def _body(self, body: bytes, more_body: bool) -> None:
+        transport = self.transport
+        framing = self.framing
+        if self.head_only:
+            pass  # the head said what a GET would get; nothing follows it
+        elif framing == _CHUNKED:
+            if body:
+                transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            if not more_body:
+                transport.write(b"0\r\n\r\n")
+        elif framing == _UNTIL_CLOSE:
+            if body:
+                transport.write(body)
+        else:
+            if len(body) > self.remaining:
+                raise RuntimeError("response content longer than its Content-Length")
+            self.remaining -= len(body)
+            if body:
+                transport.write(body)
+        if more_body:
+            return
+        if framing == _LENGTH and self.remaining and not self.head_only:
+            raise RuntimeError("response content shorter than its Content-Length")
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive or framing == _UNTIL_CLOSE:
+            transport.close()
+        self.on_response()
+
+    async def receive(self) -> Message:
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(responding.CONTINUE)
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body, self.body = self.body, bytearray()
+        return {"type": "http.request", "body": bytes(body), "more_body": self.more_body}
+
+
+def _says_close(value: bytes) -> bool:
+    return b"close" in [token.strip(b" \t").lower() for token in value.split(b",")]
+
+
+def _length(value: bytes) -> int:
+    digits = value.strip(b" \t")
+    if not digits or not digits.isdigit():
+        raise RuntimeError(f"invalid Content-Length {value[:32]!r}")
+    return int(digits)
+
+
+def start(protocol: Any, guard: Guard[Any, asyncio.Future[None]]) -> None:
+    """``protocol``'s request head is complete and passed the rules: fill in its scope and
+    start its exchange, or queue it behind the one in progress (pipelining)."""
+    parser = protocol.parser
+    scope = protocol.scope
+    version = parser.get_http_version()
+    scope["method"] = parser.get_method().decode("ascii")
+    if version != "1.1":
+        scope["http_version"] = version
+    if parser.should_upgrade() and protocol._should_upgrade():
+        return  # the protocol hands the connection to its WebSocket protocol
+    url = protocol.url
+    if url[:1] == b"/":
+        raw_path, _, query = url.partition(b"?")
+    else:  # absolute form (the rules let nothing else through to here but OPTIONS *)
+        parsed = httptools.parse_url(url)
+        raw_path, query = parsed.path, parsed.query or b""
+    path = raw_path.decode("ascii")
+    if "%" in path:
+        path = unquote(path)
+    root_path: str = protocol.root_path
+    if root_path:
+        scope["path"] = root_path + path
+        scope["raw_path"] = root_path.encode("ascii") + raw_path
+    else:
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+    scope["query_string"] = query
+    before = protocol.cycle
+    exchange = Exchange(
+        scope,
+        protocol,
+        guard,
+        keep_alive=version != "1.0" and bool(parser.should_keep_alive()),
+        expect_100_continue=bool(protocol.expect_100_continue),
+        until_close=version == "1.0",
+    )
+    protocol.cycle = exchange
+    app = protocol.app
+    if before is None or before.response_complete:
+        tasks = protocol.tasks
+        task = protocol.loop.create_task(exchange.run_asgi(app))
+        task.add_done_callback(tasks.discard)
+        tasks.add(task)
+    else:  # the response before it is still going: this one starts when it ends
+        protocol.flow.pause_reading()
+        protocol.pipeline.appendleft((exchange, app))
