@@ -126,8 +126,13 @@ def rejection(
 
 
 def rejection_fields(retry_after: int) -> list[tuple[bytes, bytes]]:
-    """The header fields of the same 503 as an ASGI app sends it (embedded mode)."""
-    return [(b"content-type", TEXT_PLAIN.encode()), (b"retry-after", str(retry_after).encode())]
+    """The header fields of the same 503 as an ASGI app sends it (embedded mode), framed by
+    its length as the proxy's is."""
+    return [
+        (b"content-type", TEXT_PLAIN.encode()),
+        (b"content-length", b"%d" % len(REJECTION_BODY)),
+        (b"retry-after", str(retry_after).encode()),
+    ]
 
 
 def gateway_error(

@@ -132,7 +132,11 @@ def test_rejection_is_the_same_503_in_both_modes():
     assert b"retry-after: 7\r\n" in proxied
     assert proxied.endswith(b"\r\n\r\n" + responding.REJECTION_BODY)
     fields = dict(responding.rejection_fields(7))
-    assert fields == {b"content-type": b"text/plain; charset=utf-8", b"retry-after": b"7"}
+    assert fields == {
+        b"content-type": b"text/plain; charset=utf-8",
+        b"content-length": b"%d" % len(responding.REJECTION_BODY),
+        b"retry-after": b"7",
+    }
     assert responding.rejection(7, keep_alive=True, keep_alive_timeout=5, head_only=True).endswith(
         b"keep-alive: timeout=5\r\n\r\n"
     )
