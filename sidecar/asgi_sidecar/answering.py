@@ -6,8 +6,8 @@ request fields and an ``Exchange``, which plays the part of uvicorn's own cycle:
 protocol feeds it the body and tells it of a disconnect through the same attributes
 (``body``, ``more_body``, ``message_event``, ``disconnected``, ``keep_alive``,
 ``response_complete``).  What it does in one native object is what took three
-interpreted layers before (an admission middleware, a counting ``send`` and uvicorn's
-cycle):
+layers before (an admission middleware and a counting ``send``, compiled, around
+uvicorn's interpreted cycle):
 
 * ``run_asgi`` admits the request (``admitting.Admission``: exactly N at once, a bounded
   queue, 503 with Retry-After on a connection that stays open), runs the app, and counts
@@ -15,7 +15,7 @@ cycle):
 * ``send`` writes the response: field names checked once each and remembered
   (``framing.lower_name``), values without control characters, framed by the app's
   Content-Length, else chunked; an HTTP/1.0 request gets a body delimited by the close,
-  never chunked coding it cannot read (RFC 9112 6.1);
+  never a coding it cannot read (RFC 9112 6.1), even one the app names;
 * ``receive`` gives the request body as it comes, with ``100 Continue`` when asked for.
 
 An app that breaks the protocol (a second start, a body longer or shorter than its
@@ -33,11 +33,10 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
-import httptools
-
 from asgi_sidecar import responding
 from asgi_sidecar.admitting import QUEUED
 from asgi_sidecar.framing import lower_name
+from asgi_sidecar.refusing import split_absolute
 from asgi_sidecar.stats import count
 
 if TYPE_CHECKING:
@@ -81,20 +80,21 @@ def _nothing() -> None:
 
 
 class Signal:
-    """What ``asyncio.Event`` is to uvicorn's cycle, for one waiter: the body came, or the
-    connection went.  A future is made only when ``receive`` has to wait."""
+    """What ``asyncio.Event`` is to uvicorn's cycle: the body came, or the connection went.
+    A future is made only for a ``receive`` that has to wait; every waiter is woken (an app
+    may have two, its handler and a task listening for the disconnect)."""
 
-    __slots__ = ("_set", "_waiter")
+    __slots__ = ("_set", "_waiters")
 
     def __init__(self) -> None:
         self._set = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
 
     def set(self) -> None:
         self._set = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def clear(self) -> None:
         self._set = False
@@ -106,11 +106,11 @@ class Signal:
         if self._set:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiter = waiter
+        self._waiters.append(waiter)
         try:
             await waiter
         finally:
-            self._waiter = None
+            self._waiters.remove(waiter)
 
 
 class Exchange:
@@ -142,6 +142,7 @@ class Exchange:
         self.more_body = True
         # Response state
         self.head_only = scope["method"] == "HEAD"
+        self.bodiless = self.head_only  # and a 204 or 304, once the status is known
         self.until_close = until_close  # an HTTP/1.0 request
         self.response_started = False
         self.response_complete = False
@@ -169,9 +170,13 @@ class Exchange:
                     await self._reject("queue_timeout")
                     return
                 # admitted just as the wait ended: go on holding the slot
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # the server's shutdown gave up waiting for it
                 if not admission.cancel(waiter):
                     admission.release()
+                self.keep_alive = False
+                self._answer_now(503, responding.rejection_fields(guard.settings.retry_after))
+                count(guard.stats.rejected, "shutting_down")
+                count(guard.stats.requests, 503)
                 raise
         started = guard.admitted(queued_at)
         try:
@@ -208,9 +213,20 @@ class Exchange:
         stats = self.guard.stats
         count(stats.rejected, reason)
         count(stats.requests, 503)
+        if self.waiting_for_100_continue:
+            # The client waits for 100 and will not send the body: after this answer, its
+            # next bytes could be either, so the connection closes (as in the proxy).
+            self.keep_alive = False
         headers = responding.rejection_fields(self.guard.settings.retry_after)
         await self.send({"type": "http.response.start", "status": 503, "headers": headers})
         await self.send({"type": "http.response.body", "body": responding.REJECTION_BODY})
+
+    def _answer_now(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """A 503 of the sidecar's own without awaiting (the task is being cancelled)."""
+        if self.disconnected or self.response_started:
+            return
+        self._start({"type": "http.response.start", "status": status, "headers": headers})
+        self._body(responding.REJECTION_BODY, False)
 
     # -- ASGI ---------------------------------------------------------------------------------
 
@@ -218,6 +234,8 @@ class Exchange:
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if self.disconnected:
+            if not self.response_started and message["type"] == "http.response.start":
+                self.status = int(message["status"])  # what the app answered, counted
             return
         kind = message["type"]
         if not self.response_started:
@@ -243,7 +261,8 @@ class Exchange:
             parts += (name, b": ", value, b"\r\n")
         closes = False
         framing = _UNSET
-        for name, value in message.get("headers", ()):
+        for field in message.get("headers", ()):
+            name, value = _as_bytes(field[0]), _as_bytes(field[1])
             lname = lower_name(name)
             if lname is None:
                 raise RuntimeError(f"invalid HTTP field name {name[:64]!r}")
@@ -254,6 +273,8 @@ class Exchange:
                     self.remaining = _length(value)
                     framing = _LENGTH
             elif lname == b"transfer-encoding":
+                if self.until_close:
+                    continue  # no codings to an HTTP/1.0 client: the close ends the body
                 if value.lower() == b"chunked":
                     framing = _CHUNKED
                     self.remaining = 0
@@ -261,7 +282,8 @@ class Exchange:
                 self.keep_alive = False
                 closes = True
             parts += (lname, b": ", value, b"\r\n")
-        if framing == _UNSET and not self.head_only and status not in (204, 304):
+        self.bodiless = self.head_only or status in (204, 304)
+        if framing == _UNSET and not self.bodiless:
             if self.until_close:
                 framing = _UNTIL_CLOSE  # the close ends it: HTTP/1.0 has no chunked coding
             else:
@@ -273,11 +295,14 @@ class Exchange:
         parts.append(b"\r\n")
         self.transport.write(b"".join(parts))
 
-    def _body(self, body: bytes, more_body: bool) -> None:
+    def _body(self, body: Any, more_body: bool) -> None:  # bytes or a bytes-like object
         transport = self.transport
         framing = self.framing
-        if self.head_only:
-            pass  # the head said what a GET would get; nothing follows it
+        if self.bodiless:
+            # A HEAD's head said what a GET would get (its Content-Length too), and a 204
+            # or 304 has no body whatever its fields say (RFC 9110 6.4.1).
+            if len(body) and not self.head_only:
+                raise RuntimeError(f"a {self.status} response has no body")
         elif framing == _CHUNKED:
             if body:
                 transport.write(b"%x\r\n%b\r\n" % (len(body), body))
@@ -294,7 +319,7 @@ class Exchange:
                 transport.write(body)
         if more_body:
             return
-        if framing == _LENGTH and self.remaining and not self.head_only:
+        if framing == _LENGTH and self.remaining and not self.bodiless:
             raise RuntimeError("response content shorter than its Content-Length")
         self.response_complete = True
         self.message_event.set()
@@ -314,6 +339,11 @@ class Exchange:
             return {"type": "http.disconnect"}
         body, self.body = self.body, bytearray()
         return {"type": "http.request", "body": bytes(body), "more_body": self.more_body}
+
+
+def _as_bytes(value: Any) -> bytes:
+    """A field name or value as bytes (an app may send a bytearray)."""
+    return value if isinstance(value, bytes) else bytes(value)
 
 
 def _says_close(value: bytes) -> bool:
@@ -338,12 +368,13 @@ def start(protocol: Any, guard: Guard[Any, asyncio.Future[None]]) -> None:
         scope["http_version"] = version
     if parser.should_upgrade() and protocol._should_upgrade():
         return  # the protocol hands the connection to its WebSocket protocol
-    url = protocol.url
-    if url[:1] == b"/":
-        raw_path, _, query = url.partition(b"?")
-    else:  # absolute form (the rules let nothing else through to here but OPTIONS *)
-        parsed = httptools.parse_url(url)
-        raw_path, query = parsed.path, parsed.query or b""
+    url: bytes = protocol.url
+    if url == b"*":  # OPTIONS * (the rules let no other method have it)
+        raw_path, query = url, b""
+    else:
+        absolute = split_absolute(url)  # the rules checked it: origin form or absolute form
+        target = url if absolute is None else absolute[1]
+        raw_path, _, query = target.partition(b"?")
     path = raw_path.decode("ascii")
     if "%" in path:
         path = unquote(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
@@ -16,7 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
 from asgi_sidecar import answering, responding
-from asgi_sidecar.refusing import input_refusal
+from asgi_sidecar.refusing import HeaderTooLargeError, RequestRefusedError, input_refusal
 from asgi_sidecar.stats import count
 
 if TYPE_CHECKING:
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
     from asgi_sidecar.stats import Stats
     from asgi_sidecar.tracking import Deadlines
     from asgi_sidecar.validated import ValidSettings
+
+
+log = logging.getLogger("asgi_sidecar")
+# What the hooks raise for bad input (refused and counted); anything else is a failure here.
+INPUT_ERRORS = (RequestRefusedError, HeaderTooLargeError)
 
 
 class Tracker(Protocol):
@@ -120,9 +126,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def rest(self, idle_before: float) -> bool:
         """Idle since ``idle_before`` or earlier and between messages: give up the parser
-        until bytes come, and the last request's cycle and scope, which uvicorn keeps until
-        the next request makes new ones (``on_message_begin``; every use of the cycle
-        allows None).  False if it went idle later."""
+        until bytes come, and the last request's exchange and scope, kept until the next
+        request makes new ones (``on_message_begin``, ``answering.start``; every use of the
+        cycle allows None).  False if it went idle later."""
         if self._idle_since > idle_before:
             return False
         # Idle is not always "between messages": a response can end before its request does
@@ -164,6 +170,10 @@ class GuardedProtocol(HttpToolsProtocol):
             # A cycle for this very scope exists once its head was complete.
             in_body = cycle is not None and cycle.scope is self.scope
             status, reason = input_refusal(exc, in_body=in_body)
+            failure = exc.__context__  # what a callback raised, if one did
+            if failure is not None and not isinstance(failure, INPUT_ERRORS):
+                # Not the input's fault but this server's: the client still gets its 400.
+                log.error("serve failed on a request head", exc_info=failure)
             stats = self.state.stats
             count(stats.rejected, reason)
             count(stats.requests, status)

@@ -456,3 +456,26 @@ def embedded(tmp_path_factory) -> Iterator[Sidecar]:
 def test_embedded_mode_applies_the_same_rules(embedded, data, status, reason):
     notes = refuse(embedded, embedded.port, data, status, reason)
     assert all(n["aborted"] for n in notes), notes
+
+
+@pytest.mark.parametrize(
+    ("data", "method", "target"),
+    [
+        pytest.param(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n", "OPTIONS", "*", id="asterisk"),
+        pytest.param(
+            b"GET http://t/echo?x=1 HTTP/1.1\r\nHost: t\r\n\r\n", "GET", "/echo?x=1", id="absolute"
+        ),
+        pytest.param(b"GET http://t HTTP/1.1\r\nHost: t\r\n\r\n", "GET", "/", id="authority-only"),
+        pytest.param(b"GET /a%20b?q HTTP/1.1\r\nHost: t\r\n\r\n", "GET", "/a%20b?q", id="origin"),
+    ],
+)
+def test_embedded_mode_gives_the_app_every_target_form_the_rules_allow(
+    embedded, data, method, target
+):
+    recorded(embedded.port)  # forget earlier notes
+    with RawClient(embedded.port) as c:
+        c.send(data)
+        assert c.read_response().status == 200
+    notes = recorded(embedded.port)
+    assert [(n["method"], n["target"]) for n in notes] == [(method, target)]
+    assert "Traceback" not in embedded.log()

@@ -162,6 +162,11 @@ SCRIPTS = {
     "body first": ("GET", True, [body(b"x")]),
     "two starts": ("GET", True, [start(200), start(200)]),
     "after the end": ("GET", True, [start(200, LENGTH5), body(b"hello"), body(b"x")]),
+    "bytes-like fields and body": (
+        "GET", True,
+        [start(200, (bytearray(b"X-A"), bytearray(b"1")), LENGTH5), body(bytearray(b"hello"))],
+    ),
+    "a memoryview body": ("GET", True, [start(200), body(memoryview(b"abc"), True), body()]),
     "control in a value": ("GET", True, [start(200, (b"x-a", b"a\nb")), body()]),
     "space in a name": ("GET", True, [start(200, (b"x a", b"b")), body()]),
 }  # fmt: skip
@@ -186,6 +191,28 @@ async def test_an_http10_body_without_a_length_ends_at_the_close_never_chunked()
     outcome = await through(ex, p, [start(200), body(b"ab", True), body(b"cd")])
     assert outcome.wire == b"HTTP/1.1 200 OK\r\nserver: test\r\nconnection: close\r\n\r\nabcd"
     assert (outcome.error, outcome.closed, outcome.complete) == (False, True, True)
+
+
+async def test_an_http10_client_gets_no_coding_even_one_the_app_names():
+    p = await pair()
+    ex = exchange(p, scope(version="1.0"), keep_alive=False, until_close=True)
+    te = (b"transfer-encoding", b"chunked")
+    outcome = await through(ex, p, [start(200, te), body(b"ab", True), body(b"cd")])
+    assert outcome.wire == b"HTTP/1.1 200 OK\r\nserver: test\r\nconnection: close\r\n\r\nabcd"
+
+
+async def test_a_304_may_keep_its_content_length_and_sends_no_body():
+    p = await pair()
+    outcome = await through(exchange(p, scope()), p, [start(304, LENGTH5), body()])
+    assert outcome.wire == b"HTTP/1.1 304 Not Modified\r\nserver: test\r\ncontent-length: 5\r\n\r\n"
+    assert (outcome.error, outcome.closed, outcome.complete) == (False, False, True)
+
+
+async def test_a_204_with_a_body_is_an_error():
+    p = await pair()
+    outcome = await through(exchange(p, scope()), p, [start(204), body(b"x")])
+    assert outcome.error
+    assert not outcome.complete
 
 
 @pytest.mark.parametrize("name", [b"x/y", b"caf\xc3\xa9", b"a?", b""])
@@ -311,3 +338,54 @@ async def test_receive_gives_the_body_as_it_comes_after_a_100_continue():
     ex.message_event.set()
     assert await ex.receive() == {"type": "http.disconnect"}
     assert await p.read() == responding.CONTINUE  # once, before the first receive
+
+
+async def test_every_waiter_is_woken_even_when_another_gave_up():
+    p = await pair()
+    ex = exchange(p, scope("POST"))
+    listener = asyncio.ensure_future(ex.receive())  # an app's disconnect listener
+    gave_up = asyncio.ensure_future(ex.receive())  # e.g. a poll that is cancelled at once
+    await asyncio.sleep(0.01)
+    gave_up.cancel()
+    await asyncio.sleep(0.01)
+    ex.disconnected = True
+    ex.message_event.set()
+    assert await asyncio.wait_for(listener, 5) == {"type": "http.disconnect"}
+    await p.read()
+
+
+async def test_the_status_of_a_response_to_a_gone_client_is_the_apps():
+    p, g = await pair(), a_guard()
+    ex = exchange(p, scope(), g)
+    ex.disconnected = True
+    await ex.run_asgi(app_of(start(404, LENGTH5), body(b"nope!")))
+    assert g.stats.requests == {404: 1}
+    assert await p.read() == b""
+
+
+async def test_a_503_to_a_client_waiting_for_100_continue_closes_the_connection():
+    g = a_guard(queue_depth=0)
+    assert g.admission.try_acquire()
+    p = await pair()
+    await exchange(p, scope("POST"), g, expect_100_continue=True).run_asgi(app_of())
+    assert p.transport.is_closing()  # its next bytes could be the body or a request
+    wire = await p.read()
+    assert wire.startswith(b"HTTP/1.1 503 ")
+    assert b"connection: close\r\n" in wire
+
+
+async def test_a_request_cancelled_in_the_queue_gets_a_503_and_a_close():
+    g = a_guard(queue_depth=1, queue_timeout=30)
+    assert g.admission.try_acquire()
+    p = await pair()
+    task = asyncio.ensure_future(exchange(p, scope(), g).run_asgi(app_of()))
+    await asyncio.sleep(0.01)
+    task.cancel()  # as uvicorn's shutdown does past timeout_graceful_shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    wire = await p.read()
+    assert wire.startswith(b"HTTP/1.1 503 ")
+    assert b"connection: close\r\n" in wire
+    assert (g.stats.requests, g.stats.rejected) == ({503: 1}, {"shutting_down": 1})
+    g.admission.release()
+    assert g.admission.try_acquire()  # the queue forgot it: the slot is there for the next
