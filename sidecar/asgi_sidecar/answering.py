@@ -149,6 +149,7 @@ class Exchange:
         self.framing = _UNSET
         self.remaining = 0  # bytes of a Content-Length body still to come
         self.status = 500  # what is counted if no response starts
+        self.held = b""  # a head not written yet: it goes out with the body's first bytes
 
     # -- the app ------------------------------------------------------------------------------
 
@@ -193,17 +194,29 @@ class Exchange:
             if not self.response_started:
                 await self._internal_error()
             else:
-                self.transport.close()
+                self._close()
             return
         if result is not None:
             log.error("ASGI callable should return None, but returned %r", result)
-            self.transport.close()
+            self._close()
         elif not self.response_started and not self.disconnected:
             log.error("ASGI callable returned without starting a response")
             await self._internal_error()
         elif not self.response_complete and not self.disconnected:
             log.error("ASGI callable returned without completing its response")
-            self.transport.close()
+            self._close()
+
+    def _flush(self) -> None:
+        """Write a head still held."""
+        held = self.held
+        if held:
+            self.held = b""
+            self.transport.write(held)
+
+    def _close(self) -> None:
+        """End the connection in the middle of a response: what of it was sent stays sent."""
+        self._flush()
+        self.transport.close()
 
     async def _internal_error(self) -> None:
         await self.send({"type": "http.response.start", "status": 500, "headers": _INTERNAL_ERROR})
@@ -293,7 +306,12 @@ class Exchange:
         if not self.keep_alive and not closes:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
-        self.transport.write(b"".join(parts))
+        if framing == _LENGTH or self.bodiless:
+            # Its body (if any) is the next message: one write, one segment for both.  A
+            # streamed (chunked or close-delimited) response's head goes at once.
+            self.held = b"".join(parts)
+        else:
+            self.transport.write(b"".join(parts))
 
     def _body(self, body: Any, more_body: bool) -> None:  # bytes or a bytes-like object
         transport = self.transport
@@ -301,21 +319,30 @@ class Exchange:
         if self.bodiless:
             # A HEAD's head said what a GET would get (its Content-Length too), and a 204
             # or 304 has no body whatever its fields say (RFC 9110 6.4.1).
+            self._flush()
             if len(body) and not self.head_only:
                 raise RuntimeError(f"a {self.status} response has no body")
         elif framing == _CHUNKED:
-            if body:
+            if body and more_body:
                 transport.write(b"%x\r\n%b\r\n" % (len(body), body))
-            if not more_body:
+            elif body:
+                transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body))
+            elif not more_body:
                 transport.write(b"0\r\n\r\n")
         elif framing == _UNTIL_CLOSE:
             if body:
                 transport.write(body)
         else:
-            if len(body) > self.remaining:
+            size = len(body)
+            if size > self.remaining:
+                self._flush()
                 raise RuntimeError("response content longer than its Content-Length")
-            self.remaining -= len(body)
-            if body:
+            self.remaining -= size
+            held = self.held
+            if held:
+                self.held = b""
+                transport.write(b"".join((held, body)) if size else held)
+            elif size:
                 transport.write(body)
         if more_body:
             return

@@ -193,6 +193,32 @@ async def test_an_http10_body_without_a_length_ends_at_the_close_never_chunked()
     assert (outcome.error, outcome.closed, outcome.complete) == (False, True, True)
 
 
+async def received_now(p: Pair) -> bytes:
+    """What the peer has received so far, without waiting for more."""
+    await asyncio.sleep(0.05)
+    try:
+        return p.peer.recv(65536)
+    except BlockingIOError:
+        return b""
+
+
+async def test_a_head_with_a_length_goes_out_with_its_body_and_a_streamed_one_at_once():
+    fixed, streamed = await pair(), await pair()
+    held = exchange(fixed, scope())
+    await held.send(start(200, LENGTH5))
+    assert await received_now(fixed) == b""  # held for the body: one write for both
+    await held.send(body(b"hello"))
+    assert (
+        await received_now(fixed)
+        == b"HTTP/1.1 200 OK\r\nserver: test\r\ncontent-length: 5\r\n\r\nhello"
+    )
+    at_once = exchange(streamed, scope())
+    await at_once.send(start(200))
+    assert (await received_now(streamed)).endswith(b"transfer-encoding: chunked\r\n\r\n")
+    await fixed.read()
+    await streamed.read()
+
+
 async def test_an_http10_client_gets_no_coding_even_one_the_app_names():
     p = await pair()
     ex = exchange(p, scope(version="1.0"), keep_alive=False, until_close=True)
