@@ -1,8 +1,8 @@
 """``serve``'s request and response exchange on uvicorn's httptools protocol, compiled.
 
 uvicorn's protocol (``uvicorn_protocol.GuardedProtocol``) parses the request and owns the
-connection; for each request head it hands over, ``start`` builds the ASGI scope's
-request fields and an ``Exchange``, which plays the part of uvicorn's own cycle: the
+connection; for each request head it hands over, ``scoping.start`` fills in the ASGI
+scope's request fields and makes an ``Exchange``, which plays the part of uvicorn's own cycle: the
 protocol feeds it the body and tells it of a disconnect through the same attributes
 (``body``, ``more_body``, ``message_event``, ``disconnected``, ``keep_alive``,
 ``response_complete``).  What it does in one native object is what took three
@@ -31,12 +31,10 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote
 
 from asgi_sidecar import responding
 from asgi_sidecar.admitting import QUEUED
 from asgi_sidecar.framing import lower_name
-from asgi_sidecar.refusing import split_absolute
 from asgi_sidecar.stats import count
 
 if TYPE_CHECKING:
@@ -382,53 +380,3 @@ def _length(value: bytes) -> int:
     if not digits or not digits.isdigit():
         raise RuntimeError(f"invalid Content-Length {value[:32]!r}")
     return int(digits)
-
-
-def start(protocol: Any, guard: Guard[Any, asyncio.Future[None]]) -> None:
-    """``protocol``'s request head is complete and passed the rules: fill in its scope and
-    start its exchange, or queue it behind the one in progress (pipelining)."""
-    parser = protocol.parser
-    scope = protocol.scope
-    version = parser.get_http_version()
-    scope["method"] = parser.get_method().decode("ascii")
-    if version != "1.1":
-        scope["http_version"] = version
-    if parser.should_upgrade() and protocol._should_upgrade():
-        return  # the protocol hands the connection to its WebSocket protocol
-    url: bytes = protocol.url
-    if url == b"*":  # OPTIONS * (the rules let no other method have it)
-        raw_path, query = url, b""
-    else:
-        absolute = split_absolute(url)  # the rules checked it: origin form or absolute form
-        target = url if absolute is None else absolute[1]
-        raw_path, _, query = target.partition(b"?")
-    path = raw_path.decode("ascii")
-    if "%" in path:
-        path = unquote(path)
-    root_path: str = protocol.root_path
-    if root_path:
-        scope["path"] = root_path + path
-        scope["raw_path"] = root_path.encode("ascii") + raw_path
-    else:
-        scope["path"] = path
-        scope["raw_path"] = raw_path
-    scope["query_string"] = query
-    before = protocol.cycle
-    exchange = Exchange(
-        scope,
-        protocol,
-        guard,
-        keep_alive=version != "1.0" and bool(parser.should_keep_alive()),
-        expect_100_continue=bool(protocol.expect_100_continue),
-        until_close=version == "1.0",
-    )
-    protocol.cycle = exchange
-    app = protocol.app
-    if before is None or before.response_complete:
-        tasks = protocol.tasks
-        task = protocol.loop.create_task(exchange.run_asgi(app))
-        task.add_done_callback(tasks.discard)
-        tasks.add(task)
-    else:  # the response before it is still going: this one starts when it ends
-        protocol.flow.pause_reading()
-        protocol.pipeline.appendleft((exchange, app))

@@ -42,6 +42,7 @@ COMPILED: Final = (
     "reading",
     "refusing",
     "responding",
+    "scoping",
     "serving",
     "stats",
     "tracking",

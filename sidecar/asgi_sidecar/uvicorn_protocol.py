@@ -16,7 +16,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
-from asgi_sidecar import answering, responding
+from asgi_sidecar import responding, scoping
 from asgi_sidecar.refusing import HeaderTooLargeError, RequestRefusedError, input_refusal
 from asgi_sidecar.stats import count
 
@@ -122,12 +122,12 @@ class GuardedProtocol(HttpToolsProtocol):
         # not as uvicorn's cycle.
         guard = self.guard
         guard.head_complete(self, self.parser, self.url, self.headers)
-        answering.start(self, guard)
+        scoping.start(self, guard)
 
     def rest(self, idle_before: float) -> bool:
         """Idle since ``idle_before`` or earlier and between messages: give up the parser
         until bytes come, and the last request's exchange and scope, kept until the next
-        request makes new ones (``on_message_begin``, ``answering.start``; every use of the
+        request makes new ones (``on_message_begin``, ``scoping.start``; every use of the
         cycle allows None).  False if it went idle later."""
         if self._idle_since > idle_before:
             return False
