@@ -36,13 +36,14 @@ venv: $(STAMP)
 # The compiled build of the sidecar's hot path (sidecar/setup.py, mypyc), as C extensions
 # beside the sources in sidecar/asgi_sidecar; rebuilt when a compiled module changes.
 # `make test SIDECAR_BUILD=pure` runs everything on the pure build instead (ASGI_SIDECAR_PURE
-# makes the package load the sources); the compiled modules are built either way.
+# makes the package load the sources); the compiled modules are built either way, so the
+# recipe clears that variable, which SIDECAR_BUILD=pure exports to every command.
 SIDECAR_BUILD ?= compiled
 COMPILED_STAMP := sidecar/build/.compiled
 COMPILED_SOURCES := sidecar/setup.py $(wildcard sidecar/asgi_sidecar/*.py)
 $(COMPILED_STAMP): $(STAMP) $(COMPILED_SOURCES)
 	rm -f sidecar/asgi_sidecar/*.so
-	cd sidecar && ../$(PY) setup.py --quiet build_ext --inplace
+	cd sidecar && ASGI_SIDECAR_PURE= ../$(PY) setup.py --quiet build_ext --inplace
 	ASGI_SIDECAR_PURE= $(PY) -c 'from asgi_sidecar import builds; b = builds.running_build(); assert b == "compiled", b'
 	touch $(COMPILED_STAMP)
 
