@@ -704,6 +704,13 @@ def _drop(docs: list[Any], spec: str) -> list[Any]:
     return out
 
 
+# Eleven operators start side by side on two cores: on a slow day their start-up alone took
+# over 60 s (2026-12-07, every drop still pending then). The loop ends as soon as each has
+# shown its error, so the wait costs only when something is wrong.
+DROP_WAIT = 150.0
+
+
+@pytest.mark.timeout(360)
 def test_dropping_any_one_rule_breaks_the_operator(chart_cluster, admin, workdir):
     """Per watched namespace (so the operators, and their webhooks, run side by side without
     overlapping: each configuration sends only its namespace's Pods)."""
@@ -716,7 +723,7 @@ def test_dropping_any_one_rule_breaks_the_operator(chart_cluster, admin, workdir
         scenario = Scenario(chart_cluster, admin, identity, namespace)
         runs[spec] = (identity, scenario, f"--namespace={namespace}")
     with running(chart_cluster, admin, list(runs.values())):
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + DROP_WAIT
         pending = dict(runs)
         while pending and time.monotonic() < deadline:
             for spec, (identity, scenario, _) in list(pending.items()):
@@ -725,4 +732,6 @@ def test_dropping_any_one_rule_breaks_the_operator(chart_cluster, admin, workdir
                 else:
                     scenario.advance()
             time.sleep(0.5)
-        assert list(pending) == [], "no permission error without these rules"
+        tails = {spec: identity.log.read_text().splitlines()[-3:]
+                 for spec, (identity, _, _) in pending.items()}  # fmt: skip
+        assert tails == {}, f"no permission error in {DROP_WAIT:.0f} s without these rules"
