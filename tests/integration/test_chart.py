@@ -704,9 +704,10 @@ def _drop(docs: list[Any], spec: str) -> list[Any]:
     return out
 
 
-# Eleven operators start side by side on two cores: on a slow day their start-up alone took
-# over 60 s (2026-12-07, every drop still pending then). The loop ends as soon as each has
-# shown its error, so the wait costs only when something is wrong.
+# Eleven operators start side by side on two cores: on a slow day (2026-12-07) every drop
+# was still pending at 60 s, most likely from slow start-ups (those logs were not kept; a
+# failure now shows them). The loop ends as soon as each has shown its error, so the wait
+# costs only when something is wrong.
 DROP_WAIT = 150.0
 
 
